@@ -1,0 +1,17 @@
+"""The application layer: command handling, units of work, retries."""
+
+from obelisk.application.app import Application
+from obelisk.application.commands import Command, CommandRegistry
+from obelisk.application.locks import KeyedLock
+from obelisk.application.retry import NO_RETRY, RetryPolicy
+from obelisk.application.unit_of_work import UnitOfWork
+
+__all__ = [
+    "NO_RETRY",
+    "Application",
+    "Command",
+    "CommandRegistry",
+    "KeyedLock",
+    "RetryPolicy",
+    "UnitOfWork",
+]

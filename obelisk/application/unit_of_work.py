@@ -1,0 +1,135 @@
+"""Unit of work: load aggregates, run commands, commit everything atomically."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
+
+from obelisk.domain.aggregate import Aggregate
+from obelisk.errors import AggregateNotFound, CommandRejected, ObeliskError
+from obelisk.store.records import AppendRequest
+
+if TYPE_CHECKING:
+    from obelisk.application.app import Application
+
+__all__ = ["UnitOfWork"]
+
+A = TypeVar("A", bound=Aggregate)
+
+
+class UnitOfWork:
+    """Tracks the aggregates of one command and commits their events in one append.
+
+    Use as ``async with app.unit_of_work() as uow:``; leaving the block without an
+    exception commits, leaving it with one discards every pending event. Each aggregate
+    loaded through :meth:`get` is locked for this process until the unit ends, so
+    commands on one aggregate never interleave. Get several aggregates in a consistent
+    order (e.g. sorted ids) to avoid two units waiting on each other.
+    """
+
+    def __init__(
+        self,
+        app: Application,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> None:
+        self._app = app
+        self._tracked: dict[str, Aggregate] = {}
+        self._locked: list[str] = []
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.position: int | None = None
+        self._done = False
+
+    async def get(self, cls: type[A], aggregate_id: str) -> A:
+        """Load ``aggregate_id`` (locked for this unit); AggregateNotFound if it has no events."""
+        found = await self.get_or_none(cls, aggregate_id)
+        if found is None:
+            raise AggregateNotFound(cls.aggregate_type, aggregate_id)
+        return found
+
+    async def get_or_none(self, cls: type[A], aggregate_id: str) -> A | None:
+        """Like :meth:`get`, but None when the aggregate does not exist."""
+        self._check_active()
+        tracked = self._tracked.get(aggregate_id)
+        if tracked is not None:
+            if not isinstance(tracked, cls):
+                raise CommandRejected(
+                    f"{aggregate_id!r} is a {type(tracked).__name__} in this unit, not a {cls.__name__}"
+                )
+            return tracked
+        await self._app._locks.acquire(aggregate_id)
+        self._locked.append(aggregate_id)
+        aggregate = await self._app._load(cls, aggregate_id)
+        if aggregate is not None:
+            self._tracked[aggregate_id] = aggregate
+        return aggregate
+
+    def add(self, aggregate: A) -> A:
+        """Track a new aggregate (its first events are pending) for the commit."""
+        self._check_active()
+        if aggregate.id in self._tracked and self._tracked[aggregate.id] is not aggregate:
+            raise CommandRejected(f"{aggregate.id!r} is already tracked by this unit")
+        self._tracked[aggregate.id] = aggregate
+        return aggregate
+
+    async def commit(self) -> int | None:
+        """Append all pending events atomically; the last position, or None if nothing changed."""
+        self._check_active()
+        requests = []
+        changed = []
+        for aggregate in self._tracked.values():
+            if aggregate.is_broken:
+                raise CommandRejected(
+                    f"{aggregate!r} raised in a command after recording events; "
+                    "its state is half-changed and is not committed"
+                )
+            pending = aggregate._pending
+            if pending:
+                changed.append(aggregate)
+                requests.append(
+                    AppendRequest(
+                        aggregate.id,
+                        list(pending),
+                        aggregate.committed_version,  # NO_STREAM (0) for a new aggregate
+                        type(aggregate).aggregate_type,
+                        None,
+                        self.correlation_id,
+                        self.causation_id,
+                    )
+                )
+        if not requests:
+            return None
+        results = await self._app.store.append_many(requests)
+        for aggregate in changed:
+            aggregate.collect_pending()
+        self.position = max(result.last_position for result in results)
+        return self.position
+
+    def _check_active(self) -> None:
+        if self._done:
+            raise ObeliskError("this unit of work has ended; start a new one")
+
+    def _release(self) -> None:
+        self._done = True
+        locks = self._app._locks
+        for key in reversed(self._locked):
+            locks.release(key)
+        self._locked.clear()
+        self._tracked.clear()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                await self.commit()
+        finally:
+            self._release()

@@ -1,0 +1,69 @@
+"""The ``obelisk`` command: demo, bench."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="obelisk",
+    help="Performance-critical domain-driven design for asyncio.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def demo(
+    clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 64,
+    accounts: Annotated[int, typer.Option(help="Accounts opened (one per command).")] = 2000,
+    deposits: Annotated[int, typer.Option(help="Deposits per account.")] = 10,
+    store: Annotated[
+        str | None, typer.Option(help="Store URL; default: a SQLite file in a temporary folder.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run the bank workload under many concurrent clients and verify every balance."""
+    from obelisk.demo.run import run_demo_cli
+
+    raise typer.Exit(
+        run_demo_cli(
+            clients=clients,
+            accounts=accounts,
+            deposits=deposits,
+            store_url=store,
+            json_output=json_output,
+        )
+    )
+
+
+@app.command()
+def bench(
+    store: Annotated[str, typer.Option(help="Backend: sqlite, or a sqlite:///path URL.")] = "sqlite",
+    workload: Annotated[
+        list[str] | None, typer.Option("--workload", "-w", help="Run only these ids (repeatable).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Small sizes and few repetitions: a smoke run.")] = False,
+    repeat: Annotated[int | None, typer.Option(help="Repetitions per workload.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """Run the benchmark workloads, each beside the raw driver doing the same work."""
+    from obelisk.bench.runner import run_bench_cli
+
+    raise typer.Exit(
+        run_bench_cli(
+            store=store,
+            workloads=workload or None,
+            quick=quick,
+            repeat=repeat,
+            json_output=json_output,
+        )
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""The demo workload run by ``obelisk demo``."""

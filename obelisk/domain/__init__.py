@@ -1,0 +1,14 @@
+"""The domain layer: events and aggregates, pure Python with no I/O."""
+
+from obelisk.domain.aggregate import Aggregate, applies, command
+from obelisk.domain.events import Event, EventRegistry, Upcaster, default_registry
+
+__all__ = [
+    "Aggregate",
+    "Event",
+    "EventRegistry",
+    "Upcaster",
+    "applies",
+    "command",
+    "default_registry",
+]

@@ -1,0 +1,33 @@
+"""Event stores: the EventStore port, its adapters and the payload codecs."""
+
+from obelisk.store.base import EventStore
+from obelisk.store.codec import EventCodec, JsonCodec, MsgPackCodec
+from obelisk.store.memory import MemoryEventStore
+from obelisk.store.records import (
+    ANY,
+    NO_STREAM,
+    AppendRequest,
+    AppendResult,
+    StoredEvent,
+    StreamInfo,
+    validate_stream_id,
+)
+from obelisk.store.sqlite import SQLiteEventStore
+from obelisk.store.url import store_from_url
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "AppendRequest",
+    "AppendResult",
+    "EventCodec",
+    "EventStore",
+    "JsonCodec",
+    "MemoryEventStore",
+    "MsgPackCodec",
+    "SQLiteEventStore",
+    "StoredEvent",
+    "StreamInfo",
+    "store_from_url",
+    "validate_stream_id",
+]

@@ -1,0 +1,97 @@
+"""SQLite schema and its migrations.
+
+The schema version lives in ``obelisk_meta``; each release appends migrations to
+``MIGRATIONS`` and never edits an old one, so any database created since the first
+release opens by running the steps it has not run yet.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from obelisk.errors import StoreError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "ensure_schema"]
+
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    (
+        1,
+        (
+            """CREATE TABLE IF NOT EXISTS obelisk_meta (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            # One row per stream: its head version is read under the write lock to check
+            # expected versions without scanning events, and tools list streams from it.
+            """CREATE TABLE IF NOT EXISTS obelisk_streams (
+                stream_id TEXT PRIMARY KEY,
+                stream_type TEXT,
+                version INTEGER NOT NULL
+            ) WITHOUT ROWID""",
+            # position is the rowid: assigned by the single writer under the write lock,
+            # so commit order and position order are the same and positions have no gaps.
+            """CREATE TABLE IF NOT EXISTS obelisk_events (
+                position INTEGER PRIMARY KEY,
+                stream_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                event_id BLOB NOT NULL,
+                event_type TEXT NOT NULL,
+                schema_version INTEGER NOT NULL,
+                data BLOB NOT NULL,
+                recorded_at REAL NOT NULL,
+                correlation_id TEXT,
+                causation_id TEXT
+            )""",
+            """CREATE UNIQUE INDEX IF NOT EXISTS obelisk_events_by_stream
+                ON obelisk_events (stream_id, version)""",
+            """CREATE UNIQUE INDEX IF NOT EXISTS obelisk_events_by_id
+                ON obelisk_events (event_id)""",
+        ),
+    ),
+)
+
+SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
+
+
+def ensure_schema(conn: sqlite3.Connection, codec_name: str) -> None:
+    """Create or migrate the schema and check the codec, in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = _current_version(conn)
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {current} is newer than this obelisk "
+                f"({SCHEMA_VERSION}); upgrade obelisk to open it"
+            )
+        for version, statements in MIGRATIONS:
+            if version > current:
+                for statement in statements:
+                    conn.execute(statement)
+        conn.execute(
+            "INSERT INTO obelisk_meta (key, value) VALUES ('schema_version', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+        stored = conn.execute("SELECT value FROM obelisk_meta WHERE key = 'codec'").fetchone()
+        if stored is None:
+            conn.execute("INSERT INTO obelisk_meta (key, value) VALUES ('codec', ?)", (codec_name,))
+        elif stored[0] != codec_name:
+            raise StoreError(
+                f"this database holds {stored[0]} payloads; open it with codec={stored[0]!r}, "
+                f"not {codec_name!r}"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _current_version(conn: sqlite3.Connection) -> int:
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'obelisk_meta'"
+    ).fetchone()
+    if has_meta is None:
+        return 0
+    row = conn.execute("SELECT value FROM obelisk_meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row is not None else 0

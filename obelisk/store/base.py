@@ -1,0 +1,219 @@
+"""The EventStore port: what every event store adapter provides.
+
+Vocabulary: ``append`` / ``append_many`` write, ``read_stream`` / ``read_all`` read.
+Versions count events per stream from 1; positions order every event of the store
+globally, gap-free and in commit order.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+from uuid import UUID
+
+from obelisk.domain.events import Event
+from obelisk.errors import ValidationError
+from obelisk.store.codec import EventCodec
+from obelisk.store.records import (
+    ANY,
+    AppendRequest,
+    AppendResult,
+    StoredEvent,
+    StreamInfo,
+    new_event_id,
+    validate_stream_id,
+)
+
+__all__ = ["EncodedEvent", "EventStore", "PreparedAppend", "prepare_appends"]
+
+
+@dataclass(slots=True)
+class EncodedEvent:
+    """One event ready to be written: id, type, schema version and payload bytes."""
+
+    event_id: bytes
+    type_name: str
+    schema_version: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class PreparedAppend:
+    """An AppendRequest validated and encoded, as adapters consume it."""
+
+    stream_id: str
+    expected_version: int
+    stream_type: str | None
+    events: list[EncodedEvent]
+    correlation_id: str | None
+    causation_id: str | None
+    ids_given: bool
+
+
+def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> list[PreparedAppend]:
+    """Validate and encode ``requests``; raise ValidationError before anything is written."""
+    if not requests:
+        raise ValidationError("an append needs at least one stream")
+    seen: set[str] = set()
+    prepared: list[PreparedAppend] = []
+    for request in requests:
+        stream_id = validate_stream_id(request.stream_id)
+        if stream_id in seen:
+            raise ValidationError(f"stream {stream_id!r} appears twice in one append")
+        seen.add(stream_id)
+        expected = request.expected_version
+        if type(expected) is not int or expected < ANY:
+            raise ValidationError(
+                f"expected_version must be NO_STREAM, ANY or a version >= 1, got {expected!r}"
+            )
+        events = request.events
+        if not events:
+            raise ValidationError(f"append to {stream_id!r} has no events")
+        ids = _event_ids(request.event_ids, len(events), stream_id)
+        encoded = []
+        encode = codec.encode
+        for index, event in enumerate(events):
+            if not isinstance(event, Event):
+                raise ValidationError(
+                    f"append to {stream_id!r}: {type(event).__name__} is not an obelisk Event"
+                )
+            cls = type(event)
+            try:
+                data = encode(event)
+            except (TypeError, ValueError) as exc:
+                raise ValidationError(f"cannot encode {cls.__qualname__}: {exc}") from exc
+            encoded.append(EncodedEvent(ids[index], cls.event_type, cls.schema_version, data))
+        prepared.append(
+            PreparedAppend(
+                stream_id,
+                expected,
+                request.stream_type,
+                encoded,
+                request.correlation_id,
+                request.causation_id,
+                request.event_ids is not None,
+            )
+        )
+    return prepared
+
+
+def _event_ids(given: Sequence[UUID] | None, count: int, stream_id: str) -> list[bytes]:
+    if given is None:
+        return [new_event_id() for _ in range(count)]
+    if len(given) != count:
+        raise ValidationError(
+            f"append to {stream_id!r} has {count} events but {len(given)} event ids"
+        )
+    ids = []
+    for value in given:
+        if not isinstance(value, UUID):
+            raise ValidationError(f"event ids must be UUIDs, got {type(value).__name__}")
+        ids.append(value.bytes)
+    if len(set(ids)) != len(ids):
+        raise ValidationError(f"append to {stream_id!r} repeats an event id")
+    return ids
+
+
+class EventStore(abc.ABC):
+    """An append-only store of event streams with a global, gap-free order.
+
+    Adapters are async context managers: ``async with store:`` opens and closes them.
+    """
+
+    codec: EventCodec
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:  # noqa: B027 - optional hook, most adapters need it
+        """Make the store ready (create the schema, start workers). Idempotent."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Finish every queued append, then release resources. Idempotent."""
+
+    def terminate(self) -> None:  # noqa: B027
+        """Release resources now; queued appends fail with StoreClosed."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[Event],
+        expected_version: int = ANY,
+        *,
+        stream_type: str | None = None,
+        event_ids: Sequence[UUID] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to one stream if it is at ``expected_version``; else ConcurrencyError."""
+        request = AppendRequest(
+            stream_id,
+            events,
+            expected_version,
+            stream_type,
+            event_ids,
+            correlation_id,
+            causation_id,
+        )
+        return (await self.append_many([request]))[0]
+
+    @abc.abstractmethod
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Append to several streams atomically: all parts are written, or none is."""
+
+    # -- reading -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        """Events of one stream with versions in [from_version, to_version], oldest first."""
+
+    @abc.abstractmethod
+    async def read_stream_events(
+        self, stream_id: str, *, from_version: int = 1, to_version: int | None = None
+    ) -> list[Event]:
+        """Like read_stream, without envelopes: the fast path for loading aggregates."""
+
+    @abc.abstractmethod
+    async def read_all(
+        self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events with positions > ``after`` in commit order.
+
+        ``types`` keeps only events whose type name is listed. A reader never sees
+        position n+1 before it can see n.
+        """
+
+    @abc.abstractmethod
+    async def last_position(self) -> int:
+        """The highest committed position (0 for an empty store)."""
+
+    @abc.abstractmethod
+    async def stream_version(self, stream_id: str) -> int:
+        """The current version of a stream (0 when it does not exist)."""
+
+    @abc.abstractmethod
+    async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
+        """Streams ordered by id, after the id ``after``: for tools, not for hot paths."""

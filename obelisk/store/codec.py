@@ -1,0 +1,127 @@
+"""Event payload codecs: msgspec JSON (default) or MessagePack.
+
+One encoder per codec and one typed decoder per event class, built once and reused:
+decoding goes straight from bytes to the struct, with no intermediate dict. Only rows
+stored under an older schema version take the dict path, through their upcasters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+from obelisk.domain.events import Event, EventRegistry, default_registry
+from obelisk.errors import CorruptEvent, UnknownEventType
+
+__all__ = ["EventCodec", "JsonCodec", "MsgPackCodec", "codec_by_name"]
+
+
+class _Decoder(Protocol):
+    def decode(self, buf: bytes, /) -> Any: ...
+
+
+class EventCodec:
+    """Turns events into payload bytes and stored payloads back into events.
+
+    Subclasses pick the wire format. ``name`` is recorded in the store so a database is
+    never read with the wrong format.
+    """
+
+    name = "abstract"
+
+    def __init__(self, registry: EventRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else default_registry
+        self._typed: dict[str, tuple[type[Event], _Decoder]] = {}
+        self._untyped = self._make_decoder(None)
+
+    def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
+        raise NotImplementedError  # pragma: no cover - each format overrides it
+
+    def encode(self, event: Event) -> bytes:
+        """The payload bytes of ``event``."""
+        raise NotImplementedError  # pragma: no cover - each format overrides it
+
+    def decode(
+        self,
+        type_name: str,
+        schema_version: int,
+        data: bytes,
+        stream_id: str,
+        version: int,
+        position: int,
+    ) -> Event:
+        """The event stored as ``data``; raises UnknownEventType or CorruptEvent naming the row."""
+        entry = self._typed.get(type_name)
+        if entry is None:
+            entry = self._load(type_name, stream_id, version, position)
+        cls, decoder = entry
+        try:
+            if schema_version == cls.schema_version:
+                return decoder.decode(data)  # type: ignore[no-any-return]
+            return self._upcast(cls, schema_version, data)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError) as exc:
+            raise CorruptEvent(
+                f"cannot decode {type_name} v{schema_version}: {exc}", stream_id, version, position
+            ) from exc
+
+    def _load(
+        self, type_name: str, stream_id: str, version: int, position: int
+    ) -> tuple[type[Event], _Decoder]:
+        cls = self.registry.get(type_name)
+        if cls is None:
+            raise UnknownEventType(type_name, stream_id, version, position)
+        entry = (cls, self._make_decoder(cls))
+        self._typed[type_name] = entry
+        return entry
+
+    def _upcast(self, cls: type[Event], schema_version: int, data: bytes) -> Event:
+        if schema_version > cls.schema_version:
+            raise ValueError(
+                f"stored with schema version {schema_version}, newer than the code's "
+                f"{cls.schema_version}: deploy the newer event class to read it"
+            )
+        payload = self._untyped.decode(data)
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not an object")
+        for step in range(schema_version, cls.schema_version):
+            upcast = cls.upcasters.get(step)
+            if upcast is None:
+                raise ValueError(f"no upcaster registered from version {step} to {step + 1}")
+            payload = upcast(payload)
+        return msgspec.convert(payload, cls)
+
+
+class JsonCodec(EventCodec):
+    """msgspec JSON: readable in the database, the default."""
+
+    name = "json"
+
+    def __init__(self, registry: EventRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.encode = msgspec.json.Encoder().encode  # type: ignore[method-assign]
+
+    def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
+        return msgspec.json.Decoder(cls) if cls is not None else msgspec.json.Decoder()
+
+
+class MsgPackCodec(EventCodec):
+    """msgspec MessagePack: smaller rows and faster decoding, not human-readable."""
+
+    name = "msgpack"
+
+    def __init__(self, registry: EventRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.encode = msgspec.msgpack.Encoder().encode  # type: ignore[method-assign]
+
+    def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
+        return msgspec.msgpack.Decoder(cls) if cls is not None else msgspec.msgpack.Decoder()
+
+
+def codec_by_name(name: str, registry: EventRegistry | None = None) -> EventCodec:
+    """The codec called ``name`` ("json" or "msgpack")."""
+    codecs: dict[str, type[EventCodec]] = {"json": JsonCodec, "msgpack": MsgPackCodec}
+    try:
+        return codecs[name](registry)
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r}; choose json or msgpack") from None
