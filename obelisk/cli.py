@@ -42,11 +42,15 @@ def demo(
 
 @app.command()
 def bench(
-    store: Annotated[str, typer.Option(help="Backend: sqlite, or a sqlite:///path URL.")] = "sqlite",
+    store: Annotated[
+        str, typer.Option(help="Backend: sqlite, or a sqlite:///path URL.")
+    ] = "sqlite",
     workload: Annotated[
         list[str] | None, typer.Option("--workload", "-w", help="Run only these ids (repeatable).")
     ] = None,
-    quick: Annotated[bool, typer.Option(help="Small sizes and few repetitions: a smoke run.")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="Small sizes and few repetitions: a smoke run.")
+    ] = False,
     repeat: Annotated[int | None, typer.Option(help="Repetitions per workload.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:

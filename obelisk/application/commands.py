@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from obelisk.application.retry import RetryPolicy
+from obelisk.domain.events import _FrozenStruct
 from obelisk.errors import CommandRejected, ValidationError
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ C = TypeVar("C", bound="Command")
 Handler = Callable[["UnitOfWork", C], Awaitable[Any]]
 
 
-class Command(msgspec.Struct, frozen=True, kw_only=True):
+class Command(_FrozenStruct):
     """Base class of commands. ``command_type`` is the name used on the wire."""
 
     command_type: ClassVar[str] = "Command"

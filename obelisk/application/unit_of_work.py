@@ -56,7 +56,8 @@ class UnitOfWork:
         if tracked is not None:
             if not isinstance(tracked, cls):
                 raise CommandRejected(
-                    f"{aggregate_id!r} is a {type(tracked).__name__} in this unit, not a {cls.__name__}"
+                    f"{aggregate_id!r} is a {type(tracked).__name__} in this unit, "
+                    f"not a {cls.__name__}"
                 )
             return tracked
         await self._app._locks.acquire(aggregate_id)

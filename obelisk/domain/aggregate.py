@@ -117,7 +117,7 @@ class Aggregate:
             handler = dispatch.get(type(event))
             if handler is None:
                 self._unhandled(event)
-            handler(self, event)  # type: ignore[misc]
+            handler(self, event)
             applied += 1
         self.version += applied
 
@@ -129,7 +129,7 @@ class Aggregate:
         handler = dispatch.get(type(event))
         if handler is None:
             self._unhandled(event)
-        handler(self, event)  # type: ignore[misc]
+        handler(self, event)
         self._pending.append(event)
         self.version += 1
 

@@ -7,7 +7,7 @@ never in the user's struct, so an event is only the business fact.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import msgspec
 
@@ -57,7 +57,19 @@ def _same_definition(a: type, b: type) -> bool:
 default_registry = EventRegistry()
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
+if TYPE_CHECKING:
+    # Type checkers do not carry ``frozen`` from a struct base to its subclasses and would
+    # reject every user event ("non-frozen dataclass cannot inherit from a frozen one").
+    # At run time the base is frozen and msgspec makes every subclass frozen too.
+    class _FrozenStruct(msgspec.Struct, kw_only=True):
+        pass
+else:
+
+    class _FrozenStruct(msgspec.Struct, frozen=True, kw_only=True):
+        pass
+
+
+class Event(_FrozenStruct):
     """Base class of domain events.
 
     Subclasses are frozen msgspec structs. Class attributes:

@@ -24,7 +24,7 @@ def replayed_result(
             f"append to {stream_id!r} mixes stored and new event ids: not a retry of one append"
         )
     rows = [item for item in found if item is not None]
-    first_stream, first_version, first_position = rows[0]
+    _, first_version, first_position = rows[0]
     for offset, (stored_stream, version, position) in enumerate(rows):
         if (
             stored_stream != stream_id
@@ -34,5 +34,5 @@ def replayed_result(
             raise IdempotencyConflict(
                 f"event ids of the append to {stream_id!r} were stored by a different append"
             )
-    last_stream, last_version, last_position = rows[-1]
+    _, last_version, last_position = rows[-1]
     return AppendResult(stream_id, last_version, first_position, last_position)

@@ -161,7 +161,7 @@ class EventStore(abc.ABC):
         correlation_id: str | None = None,
         causation_id: str | None = None,
     ) -> AppendResult:
-        """Append ``events`` to one stream if it is at ``expected_version``; else ConcurrencyError."""
+        """Append ``events`` to one stream at ``expected_version``; else ConcurrencyError."""
         request = AppendRequest(
             stream_id,
             events,

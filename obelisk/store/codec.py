@@ -99,7 +99,7 @@ class JsonCodec(EventCodec):
 
     def __init__(self, registry: EventRegistry | None = None) -> None:
         super().__init__(registry)
-        self.encode = msgspec.json.Encoder().encode  # type: ignore[method-assign]
+        self.encode = msgspec.json.Encoder().encode  # type: ignore[method-assign,assignment]
 
     def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
         return msgspec.json.Decoder(cls) if cls is not None else msgspec.json.Decoder()
@@ -112,7 +112,7 @@ class MsgPackCodec(EventCodec):
 
     def __init__(self, registry: EventRegistry | None = None) -> None:
         super().__init__(registry)
-        self.encode = msgspec.msgpack.Encoder().encode  # type: ignore[method-assign]
+        self.encode = msgspec.msgpack.Encoder().encode  # type: ignore[method-assign,assignment]
 
     def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
         return msgspec.msgpack.Decoder(cls) if cls is not None else msgspec.msgpack.Decoder()

@@ -163,7 +163,8 @@ class MemoryEventStore(EventStore):
         limit: int | None = None,
     ) -> list[StoredEvent]:
         self._check_open()
-        return [self._envelope(row) for row in self._slice(stream_id, from_version, to_version, limit)]
+        rows = self._slice(stream_id, from_version, to_version, limit)
+        return [self._envelope(row) for row in rows]
 
     async def read_stream_events(
         self, stream_id: str, *, from_version: int = 1, to_version: int | None = None

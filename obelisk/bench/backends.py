@@ -1,0 +1,153 @@
+"""Backends the benchmark runs on: where fresh databases come from, obelisk's store for
+them, and the raw-driver baseline that does the same work.
+
+Adding a backend (PostgreSQL next) means one :class:`Backend` subclass here, its
+:class:`~obelisk.bench.baseline.RawBaseline`, and one branch in :func:`backend_from_option`.
+"""
+
+from __future__ import annotations
+
+import abc
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from obelisk.bench.baseline import RawBaseline
+from obelisk.bench.measure import BenchError
+from obelisk.bench.raw_sqlite import RawSQLiteBaseline
+from obelisk.store.base import EventStore
+from obelisk.store.sqlite import SQLiteEventStore, Synchronous
+
+__all__ = ["Backend", "SQLiteBackend", "backend_from_option"]
+
+
+class Backend(abc.ABC):
+    """One database engine, as the benchmark sees it.
+
+    Attributes:
+        name: the backend id reported in every result (``"sqlite"``).
+        raw: the raw-driver baseline for this engine.
+    """
+
+    name: str
+    raw: RawBaseline
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A one-line description for reports (engine version, durability setting)."""
+
+    @abc.abstractmethod
+    def fresh(self, label: str) -> str:
+        """The location of a new, empty database (``label`` keeps names readable)."""
+
+    @abc.abstractmethod
+    def make_store(self, location: str) -> EventStore:
+        """An unopened obelisk event store on ``location``."""
+
+    @abc.abstractmethod
+    def discard(self, location: str) -> None:
+        """Delete the database at ``location`` (after its run)."""
+
+    def group_commit_counters(self, store: EventStore) -> tuple[int, int] | None:
+        """``(batches, jobs)`` committed so far by ``store``, if it keeps such counters."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - only backends that own resources override it
+        """Release what the backend holds (temporary folders)."""
+
+
+class SQLiteBackend(Backend):
+    """SQLite files in a folder (a temporary one by default), one file per run.
+
+    Args:
+        folder: where the files go; None for a temporary folder removed by :meth:`close`.
+        prefix: the start of every file name.
+        synchronous: the durability level for both obelisk and the raw driver.
+    """
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        folder: Path | None = None,
+        *,
+        prefix: str = "bench",
+        synchronous: Synchronous = "FULL",
+    ) -> None:
+        self._own_folder = folder is None
+        self.folder = Path(tempfile.mkdtemp(prefix="obelisk-bench-")) if folder is None else folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.synchronous: Synchronous = synchronous
+        self.raw = RawSQLiteBaseline(synchronous)
+        self._count = 0
+
+    def describe(self) -> str:
+        import sqlite3
+
+        return (
+            f"SQLite {sqlite3.sqlite_version}, WAL, synchronous={self.synchronous}, "
+            f"files in {self.folder}"
+        )
+
+    def fresh(self, label: str) -> str:
+        # A counter keeps names unique even if a run's label repeats.
+        self._count += 1
+        path = self.folder / f"{self.prefix}-{self._count:03d}-{label}.db"
+        self.discard(str(path))
+        return str(path)
+
+    def make_store(self, location: str) -> EventStore:
+        return SQLiteEventStore(location, synchronous=self.synchronous)
+
+    def discard(self, location: str) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(location + suffix).unlink(missing_ok=True)
+
+    def group_commit_counters(self, store: EventStore) -> tuple[int, int] | None:
+        # The writer's counters are private; reading them is cheap and only for reports.
+        writer = getattr(store, "_writer", None)
+        if writer is None:
+            return None
+        return int(writer.batches), int(writer.jobs)
+
+    def close(self) -> None:
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def backend_from_option(option: str) -> Backend:
+    """The backend ``--store`` names; BenchError with a clear message if unsupported.
+
+    Accepted: ``sqlite`` (files in a temporary folder), ``sqlite:///folder`` or
+    ``sqlite:///folder/name.db`` (files in that folder, named after ``name``), with an
+    optional ``?synchronous=FULL|NORMAL``.
+    """
+    text = option.strip()
+    lowered = text.lower()
+    if lowered == "sqlite":
+        return SQLiteBackend()
+    if lowered.startswith(("postgres", "postgresql")):
+        raise BenchError(
+            "PostgreSQL benchmarks are not available yet; use --store sqlite for now"
+        )
+    if not lowered.startswith("sqlite:"):
+        raise BenchError(f"unsupported --store {option!r}: use 'sqlite' or 'sqlite:///folder'")
+    parts = urlsplit(text)
+    if parts.netloc:
+        raise BenchError(f"{option!r}: write sqlite:///relative/folder or sqlite:////abs/folder")
+    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    synchronous = options.pop("synchronous", "FULL").upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        raise BenchError(f"{option!r}: synchronous must be FULL or NORMAL")
+    if options:
+        raise BenchError(f"{option!r}: unknown option(s) {', '.join(sorted(options))}")
+    raw_path = unquote(parts.path)
+    raw_path = raw_path[1:] if raw_path.startswith("/") else raw_path
+    if not raw_path:
+        return SQLiteBackend(synchronous=synchronous)  # type: ignore[arg-type]
+    path = Path(raw_path)
+    if path.suffix and not path.is_dir():
+        return SQLiteBackend(path.parent, prefix=path.stem, synchronous=synchronous)  # type: ignore[arg-type]
+    return SQLiteBackend(path, synchronous=synchronous)  # type: ignore[arg-type]

@@ -1,0 +1,52 @@
+"""The raw-driver baseline port: the same database work as obelisk, with nothing on top.
+
+Each backend implements it with its plain driver (``sqlite3`` for SQLite). The runner
+prepares every database with obelisk's own store first (schema and seed rows, untimed),
+so both sides start from identical files and the baseline only does the timed work.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from obelisk.bench.measure import Sample
+
+__all__ = ["RawBaseline"]
+
+
+class RawBaseline(abc.ABC):
+    """Hand-written driver code for each workload, timed with the same stopwatch.
+
+    ``location`` names a database the runner prepared (a file path for SQLite). Every
+    method returns a :class:`Sample` whose ``result`` lets the workload check that the
+    work was really done.
+    """
+
+    @abc.abstractmethod
+    async def insert_rows(self, location: str, opens: Sequence[tuple[str, str]]) -> Sample:
+        """Write one ``AccountOpened`` row per ``(stream_id, owner)``, one transaction each.
+
+        ``result`` is the number of event rows in the database afterwards.
+        """
+
+    @abc.abstractmethod
+    async def read_then_append(self, location: str, deposits: Sequence[tuple[str, int]]) -> Sample:
+        """Per ``(stream_id, amount)``: read the stream's rows, then append one deposit row.
+
+        ``result`` is ``{stream_id: number of rows}`` afterwards.
+        """
+
+    @abc.abstractmethod
+    async def load_stream(self, location: str, stream_id: str, loads: int) -> Sample:
+        """Read and decode every event of one stream, ``loads`` times.
+
+        ``result`` is the list of events decoded by the last load.
+        """
+
+    @abc.abstractmethod
+    async def catch_up(self, location: str, page: int, passes: int) -> Sample:
+        """Read the whole log from the start in pages of ``page``, folding balances.
+
+        Done ``passes`` times; ``result`` is ``{stream_id: balance}`` of the last pass.
+        """

@@ -1,0 +1,269 @@
+"""Run workloads against obelisk and the raw driver, alternately, and summarise.
+
+Every run gets a fresh database, seeded with obelisk's store and closed again before the
+timed side opens it, so the obelisk run and the raw run of a repetition start from the same
+state. The order of the two sides flips every repetition: whatever drifts over a run (disk
+caches, CPU frequency, a neighbour on a shared machine) falls on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from obelisk.application import Application
+from obelisk.bench.backends import Backend, backend_from_option
+from obelisk.bench.measure import BenchError, Sample, VerificationFailed
+from obelisk.bench.workloads import WORKLOADS, Workload
+from obelisk.demo.bank import register_bank_handlers
+
+__all__ = [
+    "SCALE_ENV",
+    "WorkloadResult",
+    "parse_workload_ids",
+    "run_bench",
+    "run_bench_cli",
+]
+
+SCALE_ENV = "OBELISK_BENCH_SCALE"
+"""Environment variable multiplying every size (tests set it to run in a few seconds)."""
+
+FULL_REPEAT = 5
+QUICK_REPEAT = 2
+QUICK_SCALE = 0.1
+
+
+@dataclass(slots=True)
+class WorkloadResult:
+    """The summary of one workload: obelisk's figures, the raw driver's, their ratio.
+
+    ``ratio_to_raw`` is obelisk's speed over raw's, so higher is better for every unit:
+    ``median / raw_median`` for rates, ``raw_median / median`` for times.
+    """
+
+    workload: str
+    title: str
+    backend: str
+    unit: str
+    higher_is_better: bool
+    n: int
+    repeat: int
+    samples: list[float]
+    raw_samples: list[float]
+    target_ratio: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def raw_median(self) -> float:
+        return statistics.median(self.raw_samples)
+
+    @property
+    def ratio_to_raw(self) -> float:
+        if self.higher_is_better:
+            return self.median / self.raw_median
+        return self.raw_median / self.median
+
+    @property
+    def meets_target(self) -> bool:
+        return self.ratio_to_raw >= self.target_ratio
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict (the ``--json`` output's items)."""
+        return {
+            "workload": self.workload,
+            "title": self.title,
+            "backend": self.backend,
+            "unit": self.unit,
+            "higher_is_better": self.higher_is_better,
+            "n": self.n,
+            "repeat": self.repeat,
+            "median": _round(self.median),
+            "min": _round(min(self.samples)),
+            "max": _round(max(self.samples)),
+            "raw_median": _round(self.raw_median),
+            "raw_min": _round(min(self.raw_samples)),
+            "raw_max": _round(max(self.raw_samples)),
+            "ratio_to_raw": round(self.ratio_to_raw, 3),
+            "target_ratio": self.target_ratio,
+            "meets_target": self.meets_target,
+            "samples": [_round(v) for v in self.samples],
+            "raw_samples": [_round(v) for v in self.raw_samples],
+            "extra": {key: _round(value) for key, value in self.extra.items()},
+        }
+
+
+def _round(value: float) -> float:
+    return round(value, 3)
+
+
+Progress = Callable[[str], None]
+
+
+async def _prepare(backend: Backend, workload: Workload, location: str) -> None:
+    # Obelisk's own store creates the schema (and the seed rows): both sides get the same
+    # tables, indexes and data, and the raw driver never has to know how to migrate.
+    async with backend.make_store(location) as store:
+        await workload.seed(store)
+
+
+async def _run_obelisk(backend: Backend, workload: Workload, location: str) -> Sample:
+    await _prepare(backend, workload, location)
+    # The application and its store are built and opened before the clock starts and
+    # closed after it stops: a run measures commands, not start-up.
+    app = register_bank_handlers(Application(backend.make_store(location)))
+    async with app:
+        before = backend.group_commit_counters(app.store)
+        sample = await workload.run_obelisk(app)
+        after = backend.group_commit_counters(app.store)
+    if workload.reports_group_commit and before is not None and after is not None:
+        batches, jobs = after[0] - before[0], after[1] - before[1]
+        if batches:
+            sample.extra["mean_batch_size"] = jobs / batches
+            sample.extra["batches"] = float(batches)
+    return sample
+
+
+async def _run_raw(backend: Backend, workload: Workload, location: str) -> Sample:
+    await _prepare(backend, workload, location)
+    return await workload.run_raw(backend.raw, location)
+
+
+async def run_bench(
+    backend: Backend,
+    workloads: Sequence[Workload],
+    repeat: int,
+    progress: Progress | None = None,
+) -> list[WorkloadResult]:
+    """Run each workload ``repeat`` times on each side and summarise it.
+
+    Raises:
+        VerificationFailed: a run did not do the work it was timed for.
+    """
+    say = progress or (lambda _message: None)
+    results: list[WorkloadResult] = []
+    for workload in workloads:
+        ours: list[Sample] = []
+        raws: list[Sample] = []
+        for rep in range(1, repeat + 1):
+            sides = [("obelisk", _run_obelisk, ours), ("raw", _run_raw, raws)]
+            if rep % 2 == 0:
+                sides.reverse()
+            for side, run, samples in sides:
+                location = backend.fresh(f"{workload.id}-{side}-{rep}")
+                try:
+                    sample = await run(backend, workload, location)
+                finally:
+                    backend.discard(location)
+                samples.append(sample)
+                say(
+                    f"{workload.id} run {rep}/{repeat} {side:>7}: "
+                    f"{workload.value(sample):,.2f} {workload.unit}"
+                )
+        extra: dict[str, float] = {}
+        for key in sorted({key for sample in ours for key in sample.extra}):
+            extra[key] = statistics.median(s.extra[key] for s in ours if key in s.extra)
+        results.append(
+            WorkloadResult(
+                workload=workload.id,
+                title=workload.title,
+                backend=backend.name,
+                unit=workload.unit,
+                higher_is_better=workload.higher_is_better,
+                n=workload.n,
+                repeat=repeat,
+                samples=[workload.value(s) for s in ours],
+                raw_samples=[workload.value(s) for s in raws],
+                target_ratio=workload.target_ratio,
+                extra=extra,
+            )
+        )
+    return results
+
+
+def parse_workload_ids(ids: Sequence[str] | None) -> list[str]:
+    """The workload ids asked for (all when None), in report order.
+
+    Accepts any case and comma-separated lists (``-w w1,W3``); BenchError on an unknown id.
+    """
+    if not ids:
+        return list(WORKLOADS)
+    wanted: set[str] = set()
+    for item in ids:
+        for part in item.split(","):
+            name = part.strip().upper()
+            if not name:
+                continue
+            if name not in WORKLOADS:
+                raise BenchError(
+                    f"unknown workload {part.strip()!r}; choose from {', '.join(WORKLOADS)}"
+                )
+            wanted.add(name)
+    if not wanted:
+        raise BenchError(f"no workload named; choose from {', '.join(WORKLOADS)}")
+    return [name for name in WORKLOADS if name in wanted]
+
+
+def _scale(quick: bool) -> float:
+    scale = QUICK_SCALE if quick else 1.0
+    text = os.environ.get(SCALE_ENV)
+    if text:
+        try:
+            factor = float(text)
+        except ValueError:
+            raise BenchError(f"{SCALE_ENV}={text!r} is not a number") from None
+        if not factor > 0:
+            raise BenchError(f"{SCALE_ENV} must be positive, got {text!r}")
+        scale *= factor
+    return scale
+
+
+def run_bench_cli(
+    *,
+    store: str = "sqlite",
+    workloads: Sequence[str] | None = None,
+    quick: bool = False,
+    repeat: int | None = None,
+    json_output: bool = False,
+) -> int:
+    """``obelisk bench``: run, print a table (or JSON) and return the exit code.
+
+    0 when every run did its work, whether or not the targets were met (this is a
+    measurement, not a test); 1 when a run failed its verification; 2 for bad options.
+    """
+    from obelisk.bench import report
+
+    err = report.error_console()
+    try:
+        ids = parse_workload_ids(workloads)
+        repeats = repeat if repeat is not None else (QUICK_REPEAT if quick else FULL_REPEAT)
+        if repeats < 1:
+            raise BenchError(f"--repeat must be at least 1, got {repeats}")
+        scale = _scale(quick)
+        backend = backend_from_option(store)
+    except BenchError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    try:
+        chosen = [WORKLOADS[name](scale) for name in ids]
+        description = backend.describe()
+        err.print(f"obelisk bench on {description}", highlight=False)
+        results = asyncio.run(run_bench(backend, chosen, repeats, progress=report.progress(err)))
+    except VerificationFailed as exc:
+        err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
+        return 1
+    finally:
+        backend.close()
+    if json_output:
+        sys.stdout.write(report.to_json(results) + "\n")
+    else:
+        report.print_table(results, description)
+    return 0

@@ -1,0 +1,396 @@
+"""The benchmark workloads: the bank domain driven through ``Application.handle``.
+
+Each workload seeds its database (untimed), runs obelisk's side and checks afterwards that
+the work was really done, and hands the raw-driver side the same plan. Ids are fixed
+(``W1`` ... ``W6``; there is no W5 yet) so results stay comparable across releases.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import ClassVar, Final
+
+from obelisk.application import Application
+from obelisk.bench.baseline import RawBaseline
+from obelisk.bench.measure import Sample, VerificationFailed, stopwatch
+from obelisk.demo.bank import Account, AccountOpened, Deposit, MoneyDeposited, OpenAccount
+from obelisk.domain.events import Event
+from obelisk.store.base import EventStore
+from obelisk.store.records import ANY, NO_STREAM, AppendRequest
+
+__all__ = [
+    "WORKLOADS",
+    "CatchUp",
+    "Concurrent",
+    "Create",
+    "Replay",
+    "Update",
+    "Workload",
+    "fold_balances",
+]
+
+_STREAM_TYPE: Final = Account.aggregate_type
+
+
+def _scaled(full: int, scale: float, minimum: int) -> int:
+    return max(minimum, round(full * scale))
+
+
+def _amount(i: int) -> int:
+    # Deterministic, varied amounts: a wrong fold or a lost deposit changes a balance.
+    return 1 + (i * 7) % 10
+
+
+class Workload(abc.ABC):
+    """One benchmark workload at a given scale (1.0 = the documented sizes).
+
+    Class attributes describe it for reports: ``unit`` and ``higher_is_better`` say how
+    a run's value is computed, ``target_ratio`` is the ratio to raw obelisk aims for.
+    """
+
+    id: ClassVar[str]
+    title: ClassVar[str]
+    unit: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    target_ratio: ClassVar[float]
+    reports_group_commit: ClassVar[bool] = False
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    @property
+    @abc.abstractmethod
+    def n(self) -> int:
+        """The size reported with the results (commands, or events in the store)."""
+
+    async def seed(self, store: EventStore) -> None:  # noqa: B027 - most workloads seed nothing
+        """Write the untimed starting data (the store is open and empty)."""
+
+    @abc.abstractmethod
+    async def run_obelisk(self, app: Application) -> Sample:
+        """Time obelisk's side on an open application, then verify it (untimed)."""
+
+    @abc.abstractmethod
+    async def run_raw(self, raw: RawBaseline, location: str) -> Sample:
+        """Time the raw driver's side on the prepared database, then verify it."""
+
+    def value(self, sample: Sample) -> float:
+        """A run's figure in ``unit``: a rate per second, or milliseconds per unit of work."""
+        if self.higher_is_better:
+            return sample.work / sample.seconds
+        return sample.seconds * 1000.0 / sample.work
+
+    def _check(self, ok: bool, side: str, message: str) -> None:
+        if not ok:
+            raise VerificationFailed(f"{self.id} ({side}): {message}")
+
+
+async def fold_balances(store: EventStore, page: int) -> tuple[dict[str, int], int]:
+    """Read the whole log in pages of ``page`` and fold it into balances by stream.
+
+    Returns the balances and the number of events read.
+    """
+    balances: dict[str, int] = {}
+    after = 0
+    read = 0
+    while True:
+        batch = await store.read_all(after=after, limit=page)
+        for stored in batch:
+            event = stored.event
+            if type(event) is MoneyDeposited:
+                balances[stored.stream_id] += event.amount
+            else:
+                balances[stored.stream_id] = 0
+        read += len(batch)
+        if len(batch) < page:
+            return balances, read
+        after = batch[-1].position
+
+
+async def _open_accounts(store: EventStore, account_ids: Sequence[str]) -> None:
+    # One atomic multi-stream append: seeding thousands of accounts costs one commit.
+    await store.append_many(
+        [
+            AppendRequest(aid, [AccountOpened(owner=f"owner-{aid}")], NO_STREAM, _STREAM_TYPE)
+            for aid in account_ids
+        ]
+    )
+
+
+class Create(Workload):
+    """W1: one command creates one aggregate with one event, one commit each."""
+
+    id = "W1"
+    title = "create: OpenAccount, one commit each"
+    unit = "commands/s"
+    target_ratio = 0.8
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.count = _scaled(5000, scale, 10)
+
+    @property
+    def n(self) -> int:
+        return self.count
+
+    def _opens(self, prefix: str) -> list[tuple[str, str]]:
+        return [(f"{prefix}-{i:06d}", f"owner-{i}") for i in range(self.count)]
+
+    async def run_obelisk(self, app: Application) -> Sample:
+        opens = self._opens("w1")
+        handle = app.handle
+        last: int | None = None
+        with stopwatch() as watch:
+            for account_id, owner in opens:
+                last = await handle(OpenAccount(account_id=account_id, owner=owner))
+        store = app.store
+        self._check(last == self.count, "obelisk", f"last position {last}, expected {self.count}")
+        self._check(
+            await store.last_position() == self.count, "obelisk", "wrong number of events"
+        )
+        for account_id, owner in (opens[0], opens[-1]):
+            account = await app.get(Account, account_id)
+            self._check(account.owner == owner, "obelisk", f"{account_id} has the wrong owner")
+        return Sample(watch.seconds, self.count)
+
+    async def run_raw(self, raw: RawBaseline, location: str) -> Sample:
+        sample = await raw.insert_rows(location, self._opens("w1"))
+        self._check(sample.result == self.count, "raw", f"{sample.result} rows written")
+        return sample
+
+
+class Update(Workload):
+    """W2: get + deposit + commit on existing accounts, sequentially."""
+
+    id = "W2"
+    title = "update: Deposit (get + command + commit)"
+    unit = "commands/s"
+    target_ratio = 0.75
+    deposits_per_account: ClassVar[int] = 10
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.accounts = [f"w2-{i:06d}" for i in range(_scaled(1000, scale, 2))]
+
+    @property
+    def n(self) -> int:
+        return len(self.accounts) * self.deposits_per_account
+
+    def _plan(self) -> list[tuple[str, int]]:
+        # Round-robin over the accounts, as independent customers would arrive.
+        return [
+            (aid, _amount(r + i))
+            for r in range(self.deposits_per_account)
+            for i, aid in enumerate(self.accounts)
+        ]
+
+    def _expected(self) -> dict[str, int]:
+        expected = dict.fromkeys(self.accounts, 0)
+        for aid, amount in self._plan():
+            expected[aid] += amount
+        return expected
+
+    async def seed(self, store: EventStore) -> None:
+        await _open_accounts(store, self.accounts)
+
+    async def run_obelisk(self, app: Application) -> Sample:
+        plan = self._plan()
+        handle = app.handle
+        with stopwatch() as watch:
+            for account_id, amount in plan:
+                await handle(Deposit(account_id=account_id, amount=amount))
+        balances, read = await fold_balances(app.store, 1000)
+        self._check(read == len(self.accounts) + self.n, "obelisk", f"{read} events stored")
+        self._check(balances == self._expected(), "obelisk", "balances differ from the plan")
+        return Sample(watch.seconds, self.n)
+
+    async def run_raw(self, raw: RawBaseline, location: str) -> Sample:
+        sample = await raw.read_then_append(location, self._plan())
+        wanted = dict.fromkeys(self.accounts, 1 + self.deposits_per_account)
+        self._check(sample.result == wanted, "raw", "rows per stream differ from the plan")
+        return sample
+
+
+class Replay(Workload):
+    """W3: load one aggregate of many events (``app.get``)."""
+
+    id = "W3"
+    title = "replay: app.get of one long aggregate"
+    unit = "ms"
+    higher_is_better = False
+    target_ratio = 0.67
+    loads: ClassVar[int] = 5
+    stream_id: ClassVar[str] = "w3-account"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.events = _scaled(10_000, scale, 10)
+
+    @property
+    def n(self) -> int:
+        return self.events
+
+    def _expected_balance(self) -> int:
+        return sum(_amount(i) for i in range(1, self.events))
+
+    async def seed(self, store: EventStore) -> None:
+        events: list[Event] = [AccountOpened(owner="replay")]
+        events.extend(MoneyDeposited(amount=_amount(i)) for i in range(1, self.events))
+        await store.append(self.stream_id, events, NO_STREAM, stream_type=_STREAM_TYPE)
+
+    async def run_obelisk(self, app: Application) -> Sample:
+        get = app.get
+        account: Account | None = None
+        with stopwatch() as watch:
+            for _ in range(self.loads):
+                account = await get(Account, self.stream_id)
+        assert account is not None
+        self._check(account.version == self.events, "obelisk", f"version {account.version}")
+        self._check(
+            account.balance == self._expected_balance(), "obelisk", "wrong balance after replay"
+        )
+        return Sample(watch.seconds, self.loads)
+
+    async def run_raw(self, raw: RawBaseline, location: str) -> Sample:
+        sample = await raw.load_stream(location, self.stream_id, self.loads)
+        events = sample.result
+        self._check(isinstance(events, list) and len(events) == self.events, "raw", "row count")
+        assert isinstance(events, list)
+        total = sum(e.amount for e in events if type(e) is MoneyDeposited)
+        self._check(total == self._expected_balance(), "raw", "decoded amounts differ")
+        return sample
+
+
+class CatchUp(Workload):
+    """W4: a subscriber reads the whole log from position 0 in pages, folding balances."""
+
+    id = "W4"
+    title = "catch-up: read_all in pages, fold balances"
+    unit = "events/s"
+    target_ratio = 0.8
+    deposits_per_account: ClassVar[int] = 10
+    passes: ClassVar[int] = 3
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.accounts = [f"w4-{i:06d}" for i in range(_scaled(1000, scale, 2))]
+        self.page = _scaled(1000, scale, 10)
+
+    @property
+    def n(self) -> int:
+        return len(self.accounts) * (1 + self.deposits_per_account)
+
+    def _expected(self) -> dict[str, int]:
+        return {
+            aid: sum(_amount(r + i) for r in range(self.deposits_per_account))
+            for i, aid in enumerate(self.accounts)
+        }
+
+    async def seed(self, store: EventStore) -> None:
+        await _open_accounts(store, self.accounts)
+        # One commit per round: the log interleaves many streams, as real traffic does.
+        for r in range(self.deposits_per_account):
+            await store.append_many(
+                [
+                    AppendRequest(aid, [MoneyDeposited(amount=_amount(r + i))], ANY)
+                    for i, aid in enumerate(self.accounts)
+                ]
+            )
+
+    async def run_obelisk(self, app: Application) -> Sample:
+        store = app.store
+        balances: dict[str, int] = {}
+        read = 0
+        with stopwatch() as watch:
+            for _ in range(self.passes):
+                balances, count = await fold_balances(store, self.page)
+                read += count
+        self._check(read == self.n * self.passes, "obelisk", f"{read} events read")
+        self._check(balances == self._expected(), "obelisk", "folded balances differ")
+        return Sample(watch.seconds, read)
+
+    async def run_raw(self, raw: RawBaseline, location: str) -> Sample:
+        sample = await raw.catch_up(location, self.page, self.passes)
+        self._check(sample.work == self.n * self.passes, "raw", f"{sample.work} events read")
+        self._check(sample.result == self._expected(), "raw", "folded balances differ")
+        return sample
+
+
+class Concurrent(Workload):
+    """W6: many client tasks sending create and deposit commands at once."""
+
+    id = "W6"
+    title = "concurrent: 64 clients, half creates, half deposits"
+    unit = "commands/s"
+    target_ratio = 7.0
+    clients: ClassVar[int] = 64
+    reports_group_commit = True
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.total = _scaled(50_000, scale, 2 * self.clients)
+
+    @property
+    def n(self) -> int:
+        return self.total
+
+    def _plans(self) -> list[list[tuple[bool, str, int]]]:
+        """Per client: ``(is_open, account_id, amount)`` in order; opens and deposits alternate.
+
+        Each client deposits only into accounts it opened before, so clients never contend
+        for an aggregate and every command must succeed first time.
+        """
+        plans: list[list[tuple[bool, str, int]]] = []
+        base, extra = divmod(self.total, self.clients)
+        for client in range(self.clients):
+            rng = random.Random(client)
+            plan: list[tuple[bool, str, int]] = []
+            opened: list[str] = []
+            for i in range(base + (client < extra)):
+                if i % 2 == 0:
+                    opened.append(f"w6-{client:02d}-{i // 2:06d}")
+                    plan.append((True, opened[-1], 0))
+                else:
+                    plan.append((False, rng.choice(opened), _amount(i)))
+            plans.append(plan)
+        return plans
+
+    async def run_obelisk(self, app: Application) -> Sample:
+        plans = self._plans()
+        handle = app.handle
+
+        async def client(plan: list[tuple[bool, str, int]]) -> None:
+            for is_open, account_id, amount in plan:
+                if is_open:
+                    await handle(OpenAccount(account_id=account_id, owner="w6"))
+                else:
+                    await handle(Deposit(account_id=account_id, amount=amount))
+
+        with stopwatch() as watch:
+            async with asyncio.TaskGroup() as group:
+                for plan in plans:
+                    group.create_task(client(plan))
+        expected: dict[str, int] = {}
+        for plan in plans:
+            for is_open, account_id, amount in plan:
+                expected[account_id] = 0 if is_open else expected[account_id] + amount
+        balances, read = await fold_balances(app.store, 1000)
+        self._check(read == self.total, "obelisk", f"{read} events stored, not {self.total}")
+        self._check(balances == expected, "obelisk", "balances differ from the commands sent")
+        return Sample(watch.seconds, self.total)
+
+    async def run_raw(self, raw: RawBaseline, location: str) -> Sample:
+        # The issue's yardstick: the same number of commands, one row per transaction.
+        opens = [(f"w6-raw-{i:06d}", "w6") for i in range(self.total)]
+        sample = await raw.insert_rows(location, opens)
+        self._check(sample.result == self.total, "raw", f"{sample.result} rows written")
+        return sample
+
+
+WORKLOADS: Final[dict[str, type[Workload]]] = {
+    cls.id: cls for cls in (Create, Update, Replay, CatchUp, Concurrent)
+}
+"""Every workload by id, in report order."""
