@@ -23,7 +23,9 @@ async def loop_errors() -> AsyncIterator[list[dict[str, object]]]:
 
 
 @pytest.fixture
-async def sqlite_store(tmp_path: Path, loop_errors: list[object]) -> AsyncIterator[SQLiteEventStore]:
+async def sqlite_store(
+    tmp_path: Path, loop_errors: list[object]
+) -> AsyncIterator[SQLiteEventStore]:
     async with SQLiteEventStore(tmp_path / "events.db") as store:
         yield store
 

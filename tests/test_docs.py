@@ -93,7 +93,7 @@ def test_the_readme_starts_with_exactly_two_setup_commands() -> None:
 
 
 def test_the_readme_demo_command_runs_and_verifies(tmp_path: Path) -> None:
-    demo = [body for info, body in blocks(ROOT / "README.md") if info == "bash setup"][0]
+    demo = next(body for info, body in blocks(ROOT / "README.md") if info == "bash setup")
     command = demo.strip().split("&&")[-1].strip()
     assert command == ".venv/bin/obelisk demo"
     result = subprocess.run(

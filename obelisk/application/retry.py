@@ -33,7 +33,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before run ``attempt + 1`` (``attempt`` counts from 1)."""
-        ceiling = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 64))
         # Full jitter: writers that collided once should not collide again in lockstep.
         return random.uniform(0, ceiling)
 

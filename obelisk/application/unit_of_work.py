@@ -60,8 +60,9 @@ class UnitOfWork:
                     f"not a {cls.__name__}"
                 )
             return tracked
-        await self._app._locks.acquire(aggregate_id)
-        self._locked.append(aggregate_id)
+        if aggregate_id not in self._locked:  # a missing aggregate may be asked for twice
+            await self._app._locks.acquire(aggregate_id)
+            self._locked.append(aggregate_id)
         aggregate = await self._app._load(cls, aggregate_id)
         if aggregate is not None:
             self._tracked[aggregate_id] = aggregate

@@ -129,25 +129,26 @@ def backend_from_option(option: str) -> Backend:
     if lowered == "sqlite":
         return SQLiteBackend()
     if lowered.startswith(("postgres", "postgresql")):
-        raise BenchError(
-            "PostgreSQL benchmarks are not available yet; use --store sqlite for now"
-        )
+        raise BenchError("PostgreSQL benchmarks are not available yet; use --store sqlite for now")
+    if lowered.startswith("memory"):
+        raise BenchError("the memory store has no raw driver to compare against; use sqlite")
     if not lowered.startswith("sqlite:"):
         raise BenchError(f"unsupported --store {option!r}: use 'sqlite' or 'sqlite:///folder'")
     parts = urlsplit(text)
     if parts.netloc:
         raise BenchError(f"{option!r}: write sqlite:///relative/folder or sqlite:////abs/folder")
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    synchronous = options.pop("synchronous", "FULL").upper()
-    if synchronous not in ("FULL", "NORMAL"):
+    level = options.pop("synchronous", "FULL").upper()
+    if level not in ("FULL", "NORMAL"):
         raise BenchError(f"{option!r}: synchronous must be FULL or NORMAL")
+    synchronous: Synchronous = "FULL" if level == "FULL" else "NORMAL"
     if options:
         raise BenchError(f"{option!r}: unknown option(s) {', '.join(sorted(options))}")
     raw_path = unquote(parts.path)
     raw_path = raw_path[1:] if raw_path.startswith("/") else raw_path
     if not raw_path:
-        return SQLiteBackend(synchronous=synchronous)  # type: ignore[arg-type]
+        return SQLiteBackend(synchronous=synchronous)
     path = Path(raw_path)
     if path.suffix and not path.is_dir():
-        return SQLiteBackend(path.parent, prefix=path.stem, synchronous=synchronous)  # type: ignore[arg-type]
-    return SQLiteBackend(path, synchronous=synchronous)  # type: ignore[arg-type]
+        return SQLiteBackend(path.parent, prefix=path.stem, synchronous=synchronous)
+    return SQLiteBackend(path, synchronous=synchronous)

@@ -47,7 +47,9 @@ class WorkloadResult:
     """
 
     workload: str
+    name: str
     title: str
+    baseline: str
     backend: str
     unit: str
     higher_is_better: bool
@@ -80,7 +82,9 @@ class WorkloadResult:
         """The result as a JSON-ready dict (the ``--json`` output's items)."""
         return {
             "workload": self.workload,
+            "name": self.name,
             "title": self.title,
+            "baseline": self.baseline,
             "backend": self.backend,
             "unit": self.unit,
             "higher_is_better": self.higher_is_better,
@@ -174,7 +178,9 @@ async def run_bench(
         results.append(
             WorkloadResult(
                 workload=workload.id,
+                name=workload.name,
                 title=workload.title,
+                baseline=workload.baseline,
                 backend=backend.name,
                 unit=workload.unit,
                 higher_is_better=workload.higher_is_better,

@@ -47,12 +47,15 @@ def _amount(i: int) -> int:
 class Workload(abc.ABC):
     """One benchmark workload at a given scale (1.0 = the documented sizes).
 
-    Class attributes describe it for reports: ``unit`` and ``higher_is_better`` say how
+    Class attributes describe it for reports (``name``, ``title``, and ``baseline`` for
+    what the raw driver does); ``unit`` and ``higher_is_better`` say how
     a run's value is computed, ``target_ratio`` is the ratio to raw obelisk aims for.
     """
 
     id: ClassVar[str]
+    name: ClassVar[str]
     title: ClassVar[str]
+    baseline: ClassVar[str]
     unit: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     target_ratio: ClassVar[float]
@@ -124,7 +127,9 @@ class Create(Workload):
     """W1: one command creates one aggregate with one event, one commit each."""
 
     id = "W1"
-    title = "create: OpenAccount, one commit each"
+    name = "create"
+    title = "OpenAccount commands, one new aggregate and one commit each"
+    baseline = "one INSERT of the same row per transaction"
     unit = "commands/s"
     target_ratio = 0.8
 
@@ -166,7 +171,9 @@ class Update(Workload):
     """W2: get + deposit + commit on existing accounts, sequentially."""
 
     id = "W2"
-    title = "update: Deposit (get + command + commit)"
+    name = "update"
+    title = "Deposit commands: get + command + commit, sequential"
+    baseline = "SELECT the stream's rows, then one INSERT per transaction"
     unit = "commands/s"
     target_ratio = 0.75
     deposits_per_account: ClassVar[int] = 10
@@ -218,7 +225,9 @@ class Replay(Workload):
     """W3: load one aggregate of many events (``app.get``)."""
 
     id = "W3"
-    title = "replay: app.get of one long aggregate"
+    name = "replay"
+    title = "app.get of one aggregate with many events"
+    baseline = "SELECT the stream's rows + msgspec typed decode"
     unit = "ms"
     higher_is_better = False
     target_ratio = 0.67
@@ -268,7 +277,9 @@ class CatchUp(Workload):
     """W4: a subscriber reads the whole log from position 0 in pages, folding balances."""
 
     id = "W4"
-    title = "catch-up: read_all in pages, fold balances"
+    name = "catch-up"
+    title = "read_all from 0 in pages, folding balances by stream"
+    baseline = "the same paged SELECT + msgspec decode + fold"
     unit = "events/s"
     target_ratio = 0.8
     deposits_per_account: ClassVar[int] = 10
@@ -323,7 +334,9 @@ class Concurrent(Workload):
     """W6: many client tasks sending create and deposit commands at once."""
 
     id = "W6"
-    title = "concurrent: 64 clients, half creates, half deposits"
+    name = "concurrent"
+    title = "64 client tasks, half OpenAccount, half Deposit"
+    baseline = "one INSERT per transaction, sequential (as W1)"
     unit = "commands/s"
     target_ratio = 7.0
     clients: ClassVar[int] = 64

@@ -65,7 +65,14 @@ if TYPE_CHECKING:
         pass
 else:
 
-    class _FrozenStruct(msgspec.Struct, frozen=True, kw_only=True):
+    class _KeywordOnlyMeta(msgspec.StructMeta):
+        # msgspec applies kw_only per class, not to subclasses; keyword-only fields let
+        # a required field follow an optional one and keep call sites readable.
+        def __new__(mcls, name, bases, namespace, **kwargs):
+            kwargs.setdefault("kw_only", True)
+            return super().__new__(mcls, name, bases, namespace, **kwargs)
+
+    class _FrozenStruct(msgspec.Struct, frozen=True, kw_only=True, metaclass=_KeywordOnlyMeta):
         pass
 
 

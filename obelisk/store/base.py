@@ -27,7 +27,13 @@ from obelisk.store.records import (
     validate_stream_id,
 )
 
-__all__ = ["EncodedEvent", "EventStore", "PreparedAppend", "prepare_appends"]
+__all__ = ["EncodedEvent", "EventStore", "PreparedAppend", "check_limit", "prepare_appends"]
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a negative read limit (backends would disagree on what it means)."""
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ValidationError(f"limit must be an int >= 0, got {limit!r}")
 
 
 @dataclass(slots=True)
@@ -58,6 +64,7 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
     if not requests:
         raise ValidationError("an append needs at least one stream")
     seen: set[str] = set()
+    seen_ids: set[bytes] = set()
     prepared: list[PreparedAppend] = []
     for request in requests:
         stream_id = validate_stream_id(request.stream_id)
@@ -73,6 +80,12 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
         if not events:
             raise ValidationError(f"append to {stream_id!r} has no events")
         ids = _event_ids(request.event_ids, len(events), stream_id)
+        if request.event_ids is not None:
+            if not seen_ids.isdisjoint(ids):
+                raise ValidationError(
+                    f"append to {stream_id!r} reuses an event id of another part of this append"
+                )
+            seen_ids.update(ids)
         encoded = []
         encode = codec.encode
         for index, event in enumerate(events):

@@ -88,7 +88,12 @@ class EventCodec:
             upcast = cls.upcasters.get(step)
             if upcast is None:
                 raise ValueError(f"no upcaster registered from version {step} to {step + 1}")
-            payload = upcast(payload)
+            try:
+                payload = upcast(payload)
+            except Exception as exc:
+                # A damaged old row must surface as CorruptEvent naming the row, not as
+                # whatever the upcaster happened to raise.
+                raise ValueError(f"upcaster from version {step} failed: {exc!r}") from exc
         return msgspec.convert(payload, cls)
 
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from obelisk.domain.events import Event
 from obelisk.errors import ConcurrencyError, StoreClosed
 from obelisk.store._idempotency import replayed_result
-from obelisk.store.base import EncodedEvent, EventStore, PreparedAppend, prepare_appends
+from obelisk.store.base import (
+    EncodedEvent,
+    EventStore,
+    PreparedAppend,
+    check_limit,
+    prepare_appends,
+)
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import (
     ANY,
@@ -84,12 +90,16 @@ class MemoryEventStore(EventStore):
         return [result for result in results if result is not None]
 
     def _replayed(self, part: PreparedAppend) -> AppendResult | None:
-        if not part.ids_given or part.events[0].event_id not in self._ids:
+        if not part.ids_given:
             return None
         found = []
         for encoded in part.events:
             row = self._ids.get(encoded.event_id)
             found.append(None if row is None else (row.stream_id, row.version, row.position))
+        if all(item is None for item in found):
+            return None
+        # Any stored id makes this a retry or a conflict, never a fresh write: a unique
+        # index would refuse the duplicate id in a database store.
         return replayed_result(part.stream_id, found)
 
     def _check_version(self, part: PreparedAppend) -> None:
@@ -163,6 +173,7 @@ class MemoryEventStore(EventStore):
         limit: int | None = None,
     ) -> list[StoredEvent]:
         self._check_open()
+        check_limit(limit)
         rows = self._slice(stream_id, from_version, to_version, limit)
         return [self._envelope(row) for row in rows]
 
@@ -176,6 +187,7 @@ class MemoryEventStore(EventStore):
         self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
     ) -> list[StoredEvent]:
         self._check_open()
+        check_limit(limit)
         wanted = None if types is None else frozenset(types)
         out: list[StoredEvent] = []
         for row in self._log[max(after, 0) :]:

@@ -19,7 +19,7 @@ from obelisk.domain.events import Event
 from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
 from obelisk.store._sqlite_schema import ensure_schema
 from obelisk.store._sqlite_writer import SQLiteWriter
-from obelisk.store.base import EventStore, prepare_appends
+from obelisk.store.base import EventStore, check_limit, prepare_appends
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import AppendRequest, AppendResult, StoredEvent, StreamInfo
 from obelisk.store.records import validate_stream_id as _valid
@@ -195,6 +195,7 @@ class SQLiteEventStore(EventStore):
         to_version: int | None = None,
         limit: int | None = None,
     ) -> list[StoredEvent]:
+        check_limit(limit)
         sql, params = _stream_query(_ENVELOPE, _valid(stream_id), from_version, to_version, limit)
         return self._envelopes(await self._fetch(sql, params))
 
@@ -227,6 +228,7 @@ class SQLiteEventStore(EventStore):
     async def read_all(
         self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
     ) -> list[StoredEvent]:
+        check_limit(limit)
         sql = _ENVELOPE + "WHERE position > ? "
         params: list[Any] = [after]
         if types is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from obelisk.errors import (
@@ -284,9 +286,8 @@ class AppendContract(ContractBase):
     ) -> None:
         async with self.open_store() as store:
             with pytest.raises(ValidationError):
-                await store.append(
-                    "acct-1", [ContractDeposited(amount=1), thing], NO_STREAM  # type: ignore[list-item]
-                )
+                events: list[Any] = [ContractDeposited(amount=1), thing]
+                await store.append("acct-1", events, NO_STREAM)
             assert await snapshot(store) == (0, [])
 
     @pytest.mark.parametrize("expected", [-2, "1", 1.0, None], ids=repr)
@@ -331,6 +332,14 @@ class AppendContract(ContractBase):
             await store.close()
             with pytest.raises(StoreClosed):
                 await store.append("acct-1", deposits(2), ANY)
+
+    @asyncio_test
+    async def test_open_on_an_open_store_changes_nothing(self) -> None:
+        async with self.open_store() as store:
+            await store.append("acct-1", deposits(1), NO_STREAM)
+            await store.open()
+            await store.append("acct-1", deposits(2), 1)
+            assert [e.version for e in await store.read_stream("acct-1")] == [1, 2]
 
     @asyncio_test
     async def test_an_append_that_was_acknowledged_is_readable_at_once(self) -> None:

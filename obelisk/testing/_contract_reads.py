@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from obelisk.domain.events import EventRegistry, default_registry
-from obelisk.errors import InvalidStreamId, UnknownEventType
+from obelisk.errors import InvalidStreamId, UnknownEventType, ValidationError
 from obelisk.store.codec import JsonCodec
 from obelisk.store.records import ANY, NO_STREAM, AppendRequest, StreamInfo
 from obelisk.testing._contract_appends import INVALID_STREAM_IDS, deposits
@@ -47,6 +47,16 @@ class ReadContract(ContractBase):
             ]
 
     @asyncio_test
+    async def test_a_negative_read_limit_is_a_validation_error(self) -> None:
+        async with self.open_store() as store:
+            await store.append("acct-1", deposits(1, 2), NO_STREAM)
+            with pytest.raises(ValidationError):
+                await store.read_stream("acct-1", limit=-1)
+            with pytest.raises(ValidationError):
+                await store.read_all(after=0, limit=-1)
+            assert len(await store.read_all(after=0, limit=0)) == 0
+
+    @asyncio_test
     async def test_read_stream_honours_from_version_to_version_and_limit(self) -> None:
         async with self.open_store() as store:
             await store.append("acct-1", deposits(*range(1, 11)), NO_STREAM)
@@ -63,6 +73,8 @@ class ReadContract(ContractBase):
             assert await versions(from_version=11) == []
             assert await versions(from_version=5, to_version=4) == []
             assert await versions(to_version=99) == list(range(1, 11))
+            assert await versions(from_version=0, to_version=2) == [1, 2]
+            assert await versions(limit=0) == []
 
     @asyncio_test
     async def test_read_stream_events_returns_the_same_events_as_read_stream(self) -> None:
@@ -70,8 +82,12 @@ class ReadContract(ContractBase):
             await store.append("acct-1", [ContractOpened(owner="bo")], NO_STREAM)
             await store.append("acct-1", [*deposits(3, 4), ContractNoted(text="x")], 1)
             await store.append("acct-2", deposits(5), NO_STREAM)
-            for window in ({}, {"from_version": 2}, {"to_version": 2}, {"from_version": 2,
-                                                                         "to_version": 3}):
+            for window in (
+                {},
+                {"from_version": 2},
+                {"to_version": 2},
+                {"from_version": 2, "to_version": 3},
+            ):
                 envelopes = await store.read_stream("acct-1", **window)
                 events = await store.read_stream_events("acct-1", **window)
                 assert events == self.events_of(envelopes)
@@ -116,6 +132,7 @@ class ReadContract(ContractBase):
             await store.append("acct-1", deposits(*range(10)), NO_STREAM)
             assert [e.position for e in await store.read_all(limit=3)] == [1, 2, 3]
             assert [e.position for e in await store.read_all(after=8, limit=3)] == [9, 10]
+            assert await store.read_all(limit=0) == []
             pages = await self.everything(store)
             assert [e.position for e in pages] == list(range(1, 11))
 
@@ -236,8 +253,9 @@ class ReadContract(ContractBase):
     async def test_an_event_stored_at_an_old_schema_version_is_upcast_on_read(self) -> None:
         # The codec reads rows named "obelisk.testing.Renamed" (written by the v1 class)
         # into the v2 class, as after a deploy that bumped schema_version.
-        registry = AliasRegistry({ContractRenamedV1.event_type: ContractRenamedV2},
-                                 default_registry)
+        registry = AliasRegistry(
+            {ContractRenamedV1.event_type: ContractRenamedV2}, default_registry
+        )
         async with self.open_store(codec=JsonCodec(registry)) as store:
             await store.append(
                 "person-1", [ContractRenamedV1(name="Ada Lovelace"), *deposits(1)], NO_STREAM

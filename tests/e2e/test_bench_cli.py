@@ -1,0 +1,157 @@
+"""`obelisk bench` end to end: tiny sizes, JSON shape, options, verification.
+
+Sizes are cut to about 1/100 of the documented ones (``--quick`` times the scale
+variable) so the whole file runs in a few seconds. Nothing here asserts on a figure's
+value: the machine is shared and noisy, and the bench is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from obelisk.application import Application, Command
+from obelisk.bench.runner import SCALE_ENV, WorkloadResult
+from obelisk.cli import app
+from obelisk.demo.bank import OpenAccount
+
+WORKLOAD_IDS = ["W1", "W2", "W3", "W4", "W6"]
+REQUIRED_FIELDS = {
+    "workload",
+    "backend",
+    "unit",
+    "median",
+    "min",
+    "max",
+    "raw_median",
+    "ratio_to_raw",
+    "repeat",
+    "n",
+    "target_ratio",
+    "meets_target",
+}
+TINY = {SCALE_ENV: "0.1"}
+
+
+def bench(*args: str) -> Any:
+    result = CliRunner().invoke(app, ["bench", "--quick", *args], env=TINY)
+    return result
+
+
+def bench_json(*args: str) -> list[dict[str, Any]]:
+    result = bench("--json", *args)
+    assert result.exit_code == 0, result.output
+    parsed = json.loads(result.stdout)
+    assert isinstance(parsed, list)
+    return parsed
+
+
+def test_a_quick_json_run_reports_every_workload_beside_its_raw_baseline() -> None:
+    results = bench_json()
+
+    assert [r["workload"] for r in results] == WORKLOAD_IDS
+    for result in results:
+        assert result.keys() >= REQUIRED_FIELDS, result.keys()
+        assert result["backend"] == "sqlite"
+        assert result["repeat"] == 2
+        assert len(result["samples"]) == len(result["raw_samples"]) == 2
+        assert isinstance(result["ratio_to_raw"], float)
+        assert result["ratio_to_raw"] > 0
+        assert result["raw_median"] > 0
+        assert result["min"] <= result["median"] <= result["max"]
+        assert isinstance(result["meets_target"], bool)
+    by_id = {r["workload"]: r for r in results}
+    assert by_id["W3"]["unit"] == "ms" and by_id["W3"]["higher_is_better"] is False
+    assert [by_id[i]["target_ratio"] for i in WORKLOAD_IDS] == [0.8, 0.75, 0.67, 0.8, 7.0]
+    # W6 runs 64 clients at once, so the writer commits several commands per batch.
+    assert by_id["W6"]["extra"]["mean_batch_size"] >= 1
+
+
+def test_the_workload_option_runs_only_the_workloads_named() -> None:
+    assert [r["workload"] for r in bench_json("-w", "W3")] == ["W3"]
+    assert [r["workload"] for r in bench_json("-w", "w4,W1")] == ["W1", "W4"]
+
+
+def test_the_repeat_option_sets_the_number_of_runs_per_side() -> None:
+    (result,) = bench_json("-w", "W3", "--repeat", "3")
+
+    assert result["repeat"] == 3
+    assert len(result["samples"]) == len(result["raw_samples"]) == 3
+
+
+def test_the_table_names_every_workload_run_with_its_ratio_and_target() -> None:
+    result = bench("-w", "W1", "-w", "W3")
+
+    assert result.exit_code == 0, result.output
+    assert "ratio" in result.stdout and "target" in result.stdout
+    assert "W1 create" in result.stdout and "W3 replay" in result.stdout
+    assert "W4" not in result.stdout
+
+
+def test_a_sqlite_folder_url_keeps_the_files_there_and_removes_each_after_its_run(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "bench-files"
+
+    results = bench_json("-w", "W3", "--store", f"sqlite:///{folder}")
+
+    assert [r["workload"] for r in results] == ["W3"]
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "store", ["postgresql://localhost/obelisk", "postgres", "memory://", "mysql://x"]
+)
+def test_an_unsupported_backend_is_refused_with_exit_code_2(store: str) -> None:
+    result = bench("--store", store)
+
+    assert result.exit_code == 2
+    assert "error" in result.output.lower()
+    assert result.stdout == ""
+
+
+def test_an_unknown_workload_id_is_refused_with_exit_code_2() -> None:
+    result = bench("-w", "W9")
+
+    assert result.exit_code == 2
+    assert "W9" in result.output and "W1" in result.output
+
+
+def test_a_run_that_loses_commands_fails_verification_with_exit_code_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handle = Application.handle
+
+    async def lossy(self: Application, command: Command, **kwargs: Any) -> int | None:
+        if isinstance(command, OpenAccount) and command.account_id.endswith("3"):
+            return None  # dropped: the account is never opened
+        return await handle(self, command, **kwargs)
+
+    monkeypatch.setattr(Application, "handle", lossy)
+
+    result = bench("--json", "-w", "W1")
+
+    assert result.exit_code == 1
+    assert "verification failed" in result.output
+    assert "W1" in result.output
+    assert result.stdout == ""
+
+
+def test_a_time_ratio_is_raw_time_over_obelisk_time_so_higher_is_better() -> None:
+    def result(higher_is_better: bool, ours: float, raw: float) -> WorkloadResult:
+        return WorkloadResult(
+            workload="W0", name="x", title="x", baseline="x", backend="sqlite", unit="u",
+            higher_is_better=higher_is_better, n=1, repeat=1, samples=[ours],
+            raw_samples=[raw], target_ratio=1.0,
+        )
+
+    # Twice as fast as raw: 2.0 whether the unit is a rate or a time.
+    assert result(True, ours=200.0, raw=100.0).ratio_to_raw == 2.0
+    assert result(False, ours=5.0, raw=10.0).ratio_to_raw == 2.0
+    assert result(False, ours=5.0, raw=10.0).meets_target
+    assert not result(True, ours=50.0, raw=100.0).meets_target
