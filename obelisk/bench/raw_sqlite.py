@@ -124,12 +124,15 @@ class RawSQLiteBaseline(RawBaseline):
                     balances = {}
                     after = 0
                     while True:
+                        # The same columns obelisk's read_all returns (the envelope):
+                        # the same database work, decoded and folded by hand.
                         rows = conn.execute(
-                            "SELECT position, stream_id, event_type, data FROM obelisk_events "
-                            "WHERE position > ? ORDER BY position LIMIT ?",
+                            "SELECT position, stream_id, version, event_id, event_type, "
+                            "schema_version, data, recorded_at, correlation_id, causation_id "
+                            "FROM obelisk_events WHERE position > ? ORDER BY position LIMIT ?",
                             (after, page),
                         ).fetchall()
-                        for position, stream_id, type_name, data in rows:
+                        for position, stream_id, _, _, type_name, _, data, _, _, _ in rows:
                             event = decoders[type_name].decode(data)
                             if type(event) is MoneyDeposited:
                                 balances[stream_id] += event.amount

@@ -96,6 +96,6 @@ def print_table(
         f"\n{backend}\n{machine_summary()}\n"
         f"Medians of {repeats} runs per side, a fresh database per run. ratio = obelisk "
         "speed / raw speed, higher is better for every unit (for ms: raw time / obelisk "
-        "time, as ms is lower-is-better).",
+        "time).",
         highlight=False,
     )

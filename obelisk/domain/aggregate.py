@@ -113,12 +113,17 @@ class Aggregate:
         """Apply already-stored events (not queued for commit)."""
         dispatch = type(self)._dispatch or type(self)._build_dispatch()
         applied = 0
-        for event in events:
-            handler = dispatch.get(type(event))
-            if handler is None:
+        try:
+            for event in events:
+                dispatch[type(event)](self, event)
+                applied += 1
+        except KeyError:
+            # Either no apply method for this event type, or an apply method raised
+            # KeyError itself: tell the two apart before blaming the dispatch table.
+            if type(event) not in dispatch:
+                self.version += applied
                 self._unhandled(event)
-            handler(self, event)
-            applied += 1
+            raise
         self.version += applied
 
     # -- recording -----------------------------------------------------------------------

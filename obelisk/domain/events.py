@@ -95,6 +95,9 @@ class Event(_FrozenStruct):
         super().__init_subclass__(**kwargs)
         if "event_type" not in cls.__dict__:
             cls.event_type = cls.__name__
+        if not isinstance(cls.event_type, str) or not cls.event_type.isprintable():
+            # Stores join name and schema version with a control character.
+            raise TypeError(f"{cls.__qualname__}.event_type must be a printable str")
         if not isinstance(cls.schema_version, int) or cls.schema_version < 1:
             raise TypeError(f"{cls.__qualname__}.schema_version must be an int >= 1")
         # Each class gets its own upcaster table; inheriting the parent's would apply a

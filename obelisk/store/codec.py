@@ -14,7 +14,21 @@ import msgspec
 from obelisk.domain.events import Event, EventRegistry, default_registry
 from obelisk.errors import CorruptEvent, UnknownEventType
 
-__all__ = ["EventCodec", "JsonCodec", "MsgPackCodec", "codec_by_name"]
+__all__ = [
+    "TYPE_KEY_SEPARATOR",
+    "EventCodec",
+    "JsonCodec",
+    "MsgPackCodec",
+    "codec_by_name",
+    "split_type_key",
+]
+
+TYPE_KEY_SEPARATOR = "\x1f"
+"""Joins a type name and a schema version (> 1) into one *type key*: ``name\x1f2``.
+
+A store can select one text column instead of two (the schema version as an int costs
+about a fifth of a 10,000-event read in the driver), and a row whose key has a fast
+decoder is known to be at its class's current schema."""
 
 
 class _Decoder(Protocol):
@@ -33,6 +47,7 @@ class EventCodec:
     def __init__(self, registry: EventRegistry | None = None) -> None:
         self.registry = registry if registry is not None else default_registry
         self._typed: dict[str, tuple[type[Event], _Decoder]] = {}
+        self.fast_decoders: dict[str, _Decoder] = {}
         self._untyped = self._make_decoder(None)
 
     def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
@@ -64,6 +79,25 @@ class EventCodec:
             raise CorruptEvent(
                 f"cannot decode {type_name} v{schema_version}: {exc}", stream_id, version, position
             ) from exc
+
+    def fast_decoder(self, type_key: str) -> _Decoder | None:
+        """The typed decoder for rows of ``type_key`` needing no upcast, or None.
+
+        Fills ``fast_decoders``, which a store's read loop consults directly; rows with no
+        fast decoder (unknown type, older schema) go through :meth:`decode`.
+        """
+        decoder = self.fast_decoders.get(type_key)
+        if decoder is not None:
+            return decoder
+        type_name, version = split_type_key(type_key)
+        cls = self.registry.get(type_name)
+        if cls is None or cls.schema_version != version:
+            return None
+        entry = self._typed.get(type_name)
+        if entry is None:
+            entry = self._typed[type_name] = (cls, self._make_decoder(cls))
+        self.fast_decoders[type_key] = entry[1]
+        return entry[1]
 
     def _load(
         self, type_name: str, stream_id: str, version: int, position: int
@@ -121,6 +155,12 @@ class MsgPackCodec(EventCodec):
 
     def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
         return msgspec.msgpack.Decoder(cls) if cls is not None else msgspec.msgpack.Decoder()
+
+
+def split_type_key(type_key: str) -> tuple[str, int]:
+    """The type name and schema version a type key stands for."""
+    type_name, separator, version = type_key.partition(TYPE_KEY_SEPARATOR)
+    return type_name, int(version) if separator else 1
 
 
 def codec_by_name(name: str, registry: EventRegistry | None = None) -> EventCodec:

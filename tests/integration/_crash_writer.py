@@ -19,7 +19,7 @@ from obelisk.domain.events import Event
 from obelisk.store import SQLiteEventStore
 
 
-class CrashTicked(Event, frozen=True):
+class CrashTicked(Event):
     """One event of an append: ``index`` of ``count`` events appended together."""
 
     event_type = "test_sqlite_crash.Ticked"

@@ -27,7 +27,7 @@ _TIMEOUT = 60  # seconds for one round; a hang fails the test instead of blockin
 Ack = tuple[str, int, int]  # stream, version, position
 
 
-class CrashTicked(Event, frozen=True):
+class CrashTicked(Event):
     """The same stored type as ``_crash_writer.CrashTicked`` (that runs in the child)."""
 
     event_type = "test_sqlite_crash.Ticked"

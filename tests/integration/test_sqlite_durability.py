@@ -24,7 +24,7 @@ _SYNCHRONOUS_FULL = 2
 _SYNCHRONOUS_NORMAL = 1
 
 
-class DurabilityTicked(Event, frozen=True):
+class DurabilityTicked(Event):
     event_type = "test_sqlite_durability.Ticked"
     n: int
 

@@ -208,7 +208,6 @@ async def test_an_inserted_row_of_an_unknown_type_raises_unknown_event_type(
         "CAST('{}' AS BLOB), 0.0, NULL, NULL)",
         (STREAM,),
     )
-    parcels.execute("UPDATE obelisk_streams SET version = 4 WHERE stream_id = ?", (STREAM,))
     damaged = parcels.table()
 
     with pytest.raises(UnknownEventType) as info:
