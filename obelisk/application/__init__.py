@@ -1,6 +1,7 @@
 """The application layer: command handling, units of work, retries."""
 
 from obelisk.application.app import Application
+from obelisk.application.cache import AggregateCache
 from obelisk.application.commands import Command, CommandRegistry
 from obelisk.application.locks import KeyedLock
 from obelisk.application.retry import NO_RETRY, RetryPolicy
@@ -8,6 +9,7 @@ from obelisk.application.unit_of_work import UnitOfWork
 
 __all__ = [
     "NO_RETRY",
+    "AggregateCache",
     "Application",
     "Command",
     "CommandRegistry",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from obelisk.application.cache import AggregateCache
 from obelisk.application.commands import Command, CommandRegistry, Handler
 from obelisk.application.locks import KeyedLock
 from obelisk.application.retry import NO_RETRY, RetryPolicy
@@ -30,14 +31,22 @@ class Application:
             The store is built when the application opens, never at import time.
         retry: the default policy for handlers registered without one; by default a
             ConcurrencyError reaches the caller (no retry).
+        cache_size: how many aggregates the unit-of-work cache keeps (0 disables it).
     """
 
-    def __init__(self, store: str | EventStore = "memory://", *, retry: RetryPolicy | None = None):
+    def __init__(
+        self,
+        store: str | EventStore = "memory://",
+        *,
+        retry: RetryPolicy | None = None,
+        cache_size: int = 10_000,
+    ):
         self._store_spec = store
         self._store: EventStore | None = store if isinstance(store, EventStore) else None
         self.retry = retry if retry is not None else NO_RETRY
         self.commands = CommandRegistry()
         self._locks = KeyedLock()
+        self.cache = AggregateCache(cache_size)
         self._open = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -63,6 +72,7 @@ class Application:
         """Drain queued appends and close the store."""
         if self._open and self._store is not None:
             self._open = False
+            self.cache.clear()
             await self._store.close()
             if isinstance(self._store_spec, str):
                 self._store = None

@@ -60,12 +60,19 @@ class UnitOfWork:
                     f"not a {cls.__name__}"
                 )
             return tracked
+        app = self._app
         if aggregate_id not in self._locked:  # a missing aggregate may be asked for twice
-            await self._app._locks.acquire(aggregate_id)
+            await app._locks.acquire(aggregate_id)
             self._locked.append(aggregate_id)
-        aggregate = await self._app._load(cls, aggregate_id)
+        # Under the lock, a cached instance is current for this process: no round trip.
+        cached = app.cache.get(aggregate_id, cls)
+        if cached is not None:
+            self._tracked[aggregate_id] = cached
+            return cached  # type: ignore[return-value]
+        aggregate = await app._load(cls, aggregate_id)
         if aggregate is not None:
             self._tracked[aggregate_id] = aggregate
+            app.cache.put(aggregate)
         return aggregate
 
     def add(self, aggregate: A) -> A:
@@ -104,8 +111,10 @@ class UnitOfWork:
         if not requests:
             return None
         results = await self._app.store.append_many(requests)
+        cache = self._app.cache
         for aggregate in changed:
             aggregate.collect_pending()
+            cache.put(aggregate)
         self.position = max(result.last_position for result in results)
         return self.position
 
@@ -115,6 +124,12 @@ class UnitOfWork:
 
     def _release(self) -> None:
         self._done = True
+        cache = self._app.cache
+        for aggregate in self._tracked.values():
+            if aggregate._pending or aggregate.is_broken:
+                # Changed but not committed (an error, a conflict, a cancellation): the
+                # instance is no longer what the store holds.
+                cache.evict(aggregate.id)
         locks = self._app._locks
         for key in reversed(self._locked):
             locks.release(key)

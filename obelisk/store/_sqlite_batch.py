@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from obelisk.errors import (
     ConcurrencyError,
     IdempotencyConflict,
@@ -22,9 +24,10 @@ from obelisk.errors import (
 )
 from obelisk.store._idempotency import replayed_result
 from obelisk.store.base import PreparedAppend
-from obelisk.store.records import ANY, AppendResult
+from obelisk.store.records import ANY, NO_STREAM, AppendResult
 
 __all__ = [
+    "HeadCache",
     "WriteJob",
     "commit_each_alone",
     "fail",
@@ -44,8 +47,7 @@ _HEAD = (
 )
 
 
-@dataclass(slots=True)
-class WriteJob:
+class WriteJob(msgspec.Struct):
     """One atomic append (one or more streams) waiting for its batch to commit."""
 
     parts: list[PreparedAppend]
@@ -54,27 +56,76 @@ class WriteJob:
     error: BaseException | None = None
 
 
+class HeadCache:
+    """Stream heads this connection committed, valid while no other connection commits.
+
+    Checking an expected version then needs no query for a stream this process wrote.
+    ``PRAGMA data_version`` changes exactly when another connection (or process) has
+    committed to the file; the cache is dropped then, and whenever a commit's outcome is
+    uncertain.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.heads: dict[str, int] = {}
+        self._limit = limit
+        self._data_version: int | None = None
+
+    def sync(self, conn: sqlite3.Connection) -> None:
+        """Drop every head if another connection committed since the last call."""
+        (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+        if data_version != self._data_version:
+            self.heads.clear()
+            self._data_version = data_version
+
+    def remember(self, heads: dict[str, int]) -> None:
+        """Record the heads of a batch that committed."""
+        if len(self.heads) + len(heads) > self._limit:
+            self.heads.clear()  # a miss costs one indexed query: no need for true LRU
+        self.heads.update(heads)
+
+    def clear(self) -> None:
+        """Forget every head (after a commit whose effect is unknown here)."""
+        self.heads.clear()
+
+
 @dataclass(slots=True)
 class _Batch:
     """What one transaction will write, built while checking the jobs in order."""
 
     next_position: int
+    known: dict[str, int]
+    trust_absence: bool
     heads: dict[str, int] = field(default_factory=dict)
+    touched: dict[str, int] = field(default_factory=dict)
     ids: dict[bytes, tuple[str, int, int]] = field(default_factory=dict)
     rows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-def stage_and_insert(conn: sqlite3.Connection, jobs: list[WriteJob]) -> None:
+_NO_HEADS: dict[str, int] = {}
+
+
+def stage_and_insert(
+    conn: sqlite3.Connection, jobs: list[WriteJob], cache: HeadCache | None = None
+) -> dict[str, int]:
     """Open a write transaction, check every job, insert the accepted rows; no COMMIT.
 
     Each job ends with either ``results`` (staged) or ``error`` (rejected, nothing of it
-    staged). Raises sqlite3.Error if the transaction itself fails; the caller rolls back.
+    staged). Returns the new head of every stream written, for ``cache`` once committed.
+    Raises sqlite3.Error if the transaction itself fails; the caller rolls back. With a
+    cache, an append expecting NO_STREAM to a stream the cache does not know is not
+    looked up: the unique (stream_id, version) index refuses version 1 of an existing
+    stream, and the caller then redoes the batch job by job, without the cache.
     """
     # BEGIN IMMEDIATE takes the write lock first, so the heads read below cannot change
     # before COMMIT, even with other processes writing the same file.
     conn.execute("BEGIN IMMEDIATE")
     (last,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM obelisk_events").fetchone()
-    batch = _Batch(last + 1)
+    if cache is not None:
+        cache.sync(conn)
+        batch = _Batch(last + 1, cache.heads, True)
+        _prefetch_heads(conn, batch, jobs)
+    else:
+        batch = _Batch(last + 1, _NO_HEADS, False)
     now = time.time()
     for job in jobs:
         job.results = job.error = None
@@ -84,6 +135,30 @@ def stage_and_insert(conn: sqlite3.Connection, jobs: list[WriteJob]) -> None:
             job.error = exc
     if batch.rows:
         conn.executemany(_INSERT_EVENT, batch.rows)
+    return batch.touched
+
+
+def _prefetch_heads(conn: sqlite3.Connection, batch: _Batch, jobs: list[WriteJob]) -> None:
+    # One query for every head the checks will need and the cache lacks, instead of
+    # one query per append.
+    wanted = {
+        part.stream_id
+        for job in jobs
+        for part in job.parts
+        if part.stream_id not in batch.known and part.expected_version != NO_STREAM
+    }
+    ids = list(wanted)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found = dict(
+            conn.execute(
+                "SELECT stream_id, MAX(version) FROM obelisk_events "
+                f"WHERE stream_id IN ({', '.join('?' * len(chunk))}) GROUP BY stream_id",
+                chunk,
+            ).fetchall()
+        )
+        for stream_id in chunk:
+            batch.heads[stream_id] = found.get(stream_id, 0)
 
 
 def commit_each_alone(conn: sqlite3.Connection, jobs: list[WriteJob]) -> None:
@@ -123,8 +198,8 @@ def _stage(
     for part in parts:
         replay = _replayed(conn, batch, part) if part.ids_given else None
         if replay is None:
-            current = _head(conn, batch, part.stream_id)
             expected = part.expected_version
+            current = _head(conn, batch, part.stream_id, expected)
             if expected != ANY and expected != current:
                 raise ConcurrencyError(part.stream_id, expected, current)
         outcomes.append(replay)
@@ -154,17 +229,23 @@ def _stage(
             if part.ids_given:
                 batch.ids[encoded.event_id] = (sid, version, position)
             position += 1
-        batch.heads[sid] = version
+        batch.heads[sid] = batch.touched[sid] = version
         results.append(AppendResult(sid, version, first, position - 1))
     batch.next_position = position
     return results
 
 
-def _head(conn: sqlite3.Connection, batch: _Batch, stream_id: str) -> int:
+def _head(conn: sqlite3.Connection, batch: _Batch, stream_id: str, expected: int) -> int:
     version = batch.heads.get(stream_id)
     if version is None:
-        row = conn.execute(_HEAD, (stream_id,)).fetchone()
-        version = batch.heads[stream_id] = row[0] if row is not None else 0
+        version = batch.known.get(stream_id)
+        if version is None:
+            if batch.trust_absence and expected == NO_STREAM:
+                version = 0  # the unique index catches a stream that does exist
+            else:
+                row = conn.execute(_HEAD, (stream_id,)).fetchone()
+                version = row[0] if row is not None else 0
+        batch.heads[stream_id] = version
     return version
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 from uuid import UUID
+
+import msgspec
 
 from obelisk.domain.events import Event
 from obelisk.errors import ValidationError
@@ -36,8 +37,7 @@ def check_limit(limit: int | None) -> None:
         raise ValidationError(f"limit must be an int >= 0, got {limit!r}")
 
 
-@dataclass(slots=True)
-class EncodedEvent:
+class EncodedEvent(msgspec.Struct, gc=False):
     """One event ready to be written: id, type, schema version and payload bytes."""
 
     event_id: bytes
@@ -46,8 +46,7 @@ class EncodedEvent:
     data: bytes
 
 
-@dataclass(slots=True)
-class PreparedAppend:
+class PreparedAppend(msgspec.Struct):
     """An AppendRequest validated and encoded, as adapters consume it."""
 
     stream_id: str

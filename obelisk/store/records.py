@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
 
@@ -66,8 +65,7 @@ def new_event_id() -> bytes:
     return value.to_bytes(16, "big")
 
 
-@dataclass(frozen=True, slots=True)
-class AppendRequest:
+class AppendRequest(msgspec.Struct, frozen=True):
     """Events for one stream, as part of an append.
 
     Attributes:

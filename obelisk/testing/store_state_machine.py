@@ -16,10 +16,11 @@ import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeVar
 from uuid import UUID
 
+import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -205,7 +206,7 @@ class EventStoreStateMachine(RuleBasedStateMachine):
     def retry(self, previous: RecordedAppend, expectation: str) -> None:
         """Send an acknowledged append again: the first results, and nothing written."""
         requests = [
-            replace(
+            msgspec.structs.replace(
                 r, expected_version=expected_version_for(expectation, self._versions[r.stream_id])
             )
             for r in previous.requests

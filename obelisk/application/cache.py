@@ -1,0 +1,68 @@
+"""The aggregate cache: the current instance of recently used aggregates, in process.
+
+Commands on one aggregate run one at a time in a process (the keyed lock) and the cache is
+updated only by a successful commit, so a cached instance is exactly what the store holds
+as far as this process knows: a hit needs no database round trip. Another process may
+still have written; the append's expected-version check catches it, the entry is evicted
+and the command fails with ConcurrencyError or is retried, per its policy.
+
+Only units of work use the cache. ``Application.get`` (queries) always loads a fresh
+instance, so a query never holds a reference a command could change under it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from obelisk.domain.aggregate import Aggregate
+
+__all__ = ["AggregateCache"]
+
+
+class AggregateCache:
+    """An LRU of aggregates by id, bounded by entries; ``maxsize=0`` disables it."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        if maxsize < 0:
+            raise ValueError("maxsize must be >= 0")
+        self.maxsize = maxsize
+        self._entries: OrderedDict[str, Aggregate] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, aggregate_id: object) -> bool:
+        return aggregate_id in self._entries
+
+    def get(self, aggregate_id: str, cls: type[Aggregate]) -> Aggregate | None:
+        """The cached instance of ``aggregate_id`` if it is a ``cls``, else None (a miss)."""
+        entry = self._entries.get(aggregate_id)
+        if entry is None or type(entry) is not cls:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(aggregate_id)
+        self.hits += 1
+        return entry
+
+    def put(self, aggregate: Aggregate) -> None:
+        """Cache ``aggregate`` as current (call only after its events committed)."""
+        if self.maxsize == 0:
+            return
+        entries = self._entries
+        entries[aggregate.id] = aggregate
+        entries.move_to_end(aggregate.id)
+        while len(entries) > self.maxsize:
+            entries.popitem(last=False)
+            self.evictions += 1
+
+    def evict(self, aggregate_id: str) -> None:
+        """Forget ``aggregate_id`` (its cached state may no longer be current)."""
+        if self._entries.pop(aggregate_id, None) is not None:
+            self.evictions += 1
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
