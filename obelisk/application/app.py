@@ -120,8 +120,12 @@ class Application:
         while True:
             uow = UnitOfWork(self, correlation_id=correlation_id)
             try:
-                async with uow:
+                # The unit's `async with` protocol, inlined: this is the per-command path.
+                try:
                     await entry.handler(uow, command)
+                    await uow.commit()
+                finally:
+                    uow._release()
                 return uow.position
             except ConcurrencyError:
                 if attempt >= policy.attempts:

@@ -89,7 +89,7 @@ class UnitOfWork:
         requests = []
         changed = []
         for aggregate in self._tracked.values():
-            if aggregate.is_broken:
+            if aggregate._broken:
                 raise CommandRejected(
                     f"{aggregate!r} raised in a command after recording events; "
                     "its state is half-changed and is not committed"
@@ -100,9 +100,9 @@ class UnitOfWork:
                 requests.append(
                     AppendRequest(
                         aggregate.id,
-                        list(pending),
-                        aggregate.committed_version,  # NO_STREAM (0) for a new aggregate
-                        type(aggregate).aggregate_type,
+                        pending,  # taken over below, once the append succeeded
+                        aggregate.version - len(pending),  # NO_STREAM (0) when new
+                        aggregate.aggregate_type,
                         None,
                         self.correlation_id,
                         self.causation_id,
@@ -113,9 +113,13 @@ class UnitOfWork:
         results = await self._app.store.append_many(requests)
         cache = self._app.cache
         for aggregate in changed:
-            aggregate.collect_pending()
+            aggregate._pending = []
             cache.put(aggregate)
-        self.position = max(result.last_position for result in results)
+        self.position = (
+            results[0].last_position
+            if len(results) == 1
+            else max(result.last_position for result in results)
+        )
         return self.position
 
     def _check_active(self) -> None:

@@ -123,7 +123,8 @@ async def _run_obelisk(backend: Backend, workload: Workload, location: str) -> S
     await _prepare(backend, workload, location)
     # The application and its store are built and opened before the clock starts and
     # closed after it stops: a run measures commands, not start-up.
-    app = register_bank_handlers(Application(backend.make_store(location)))
+    cache_size = 10_000 if workload.aggregate_cache else 0
+    app = register_bank_handlers(Application(backend.make_store(location), cache_size=cache_size))
     async with app:
         before = backend.group_commit_counters(app.store)
         sample = await workload.run_obelisk(app)
