@@ -249,15 +249,21 @@ class SQLiteWriter:
                 # Batches run whole on this thread wrote heads the cache never saw: it
                 # is dropped for them (committed=False).
                 committed = False
-                if mode == _COMMIT:
-                    try:
-                        conn.execute("COMMIT")
-                        committed = True
-                    except sqlite3.Error as exc:
-                        rollback(conn)
-                        fail(jobs, translate(exc))
-                else:
-                    self._run_whole(conn, mode, jobs)
+                try:
+                    if mode == _COMMIT:
+                        try:
+                            conn.execute("COMMIT")
+                            committed = True
+                        except sqlite3.Error as exc:
+                            rollback(conn)
+                            fail(jobs, translate(exc))
+                    else:
+                        self._run_whole(conn, mode, jobs)
+                except Exception as exc:
+                    # Whatever went wrong, the callers must hear about it: a batch that
+                    # never comes back would leave them (and close()) waiting forever.
+                    rollback(conn)
+                    fail(jobs, StoreError(f"commit failed unexpectedly: {exc!r}"))
                 loop = self._loop
                 if loop is not None:
                     try:
