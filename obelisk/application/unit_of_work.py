@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from obelisk.domain.aggregate import Aggregate
 from obelisk.errors import AggregateNotFound, CommandRejected, ObeliskError
-from obelisk.store.records import AppendRequest
+from obelisk.store.records import AppendRequest, AppendResult
 
 if TYPE_CHECKING:
     from obelisk.application.app import Application
@@ -41,6 +42,7 @@ class UnitOfWork:
         self.causation_id = causation_id
         self.position: int | None = None
         self._done = False
+        self._in_flight: asyncio.Future[list[AppendResult]] | None = None
 
     async def get(self, cls: type[A], aggregate_id: str) -> A:
         """Load ``aggregate_id`` (locked for this unit); AggregateNotFound if it has no events."""
@@ -110,7 +112,16 @@ class UnitOfWork:
                 )
         if not requests:
             return None
-        results = await self._app.store.append_many(requests)
+        # A future passes through; a coroutine becomes a task. Shielded, because a caller
+        # cancelled while waiting must not lose track of an append the store may still
+        # commit: _release keeps this unit's locks until it settles.
+        append = asyncio.ensure_future(self._app.store.append_many(requests))
+        try:
+            results = await asyncio.shield(append)
+        except asyncio.CancelledError:
+            if not append.done():
+                self._in_flight = append
+            raise
         cache = self._app.cache
         for aggregate in changed:
             aggregate._pending = []
@@ -134,11 +145,24 @@ class UnitOfWork:
                 # Changed but not committed (an error, a conflict, a cancellation): the
                 # instance is no longer what the store holds.
                 cache.evict(aggregate.id)
-        locks = self._app._locks
-        for key in reversed(self._locked):
-            locks.release(key)
-        self._locked.clear()
         self._tracked.clear()
+        keys, self._locked = self._locked, []
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and not in_flight.done():
+            # Cancelled while the append was in flight: it may still land. Until it
+            # settles, the next unit on these aggregates would load a state without it.
+            in_flight.add_done_callback(lambda settled: self._unlock(keys, settled))
+        else:
+            self._unlock(keys, None)
+
+    def _unlock(
+        self, keys: list[str], settled: asyncio.Future[list[AppendResult]] | None
+    ) -> None:
+        if settled is not None and not settled.cancelled():
+            settled.exception()  # retrieved: nobody is left to hear about it
+        locks = self._app._locks
+        for key in reversed(keys):
+            locks.release(key)
 
     async def __aenter__(self) -> Self:
         return self

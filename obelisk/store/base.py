@@ -8,7 +8,7 @@ globally, gap-free and in commit order.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from types import TracebackType
 from typing import Self
 from uuid import UUID
@@ -186,8 +186,12 @@ class EventStore(abc.ABC):
         return (await self.append_many([request]))[0]
 
     @abc.abstractmethod
-    async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
-        """Append to several streams atomically: all parts are written, or none is."""
+    def append_many(self, requests: Sequence[AppendRequest]) -> Awaitable[list[AppendResult]]:
+        """Append to several streams atomically: all parts are written, or none is.
+
+        Implementations may be ``async def`` or return a future: a future lets a caller
+        that is cancelled while waiting keep track of an append that may still commit.
+        """
 
     # -- reading -------------------------------------------------------------------------
 

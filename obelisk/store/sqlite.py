@@ -168,11 +168,14 @@ class SQLiteEventStore(EventStore):
 
     # -- writing -------------------------------------------------------------------------
 
-    async def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+    def append_many(self, requests: Sequence[AppendRequest]) -> asyncio.Future[list[AppendResult]]:
+        # A plain method returning the writer's future (not a coroutine): awaiting it costs
+        # no extra task, and a caller cancelled while waiting can shield it and learn when
+        # the append really settled. Bad input still raises before anything is queued.
         if self._writer is None:
             raise StoreClosed(f"{self!r} is not open")
         parts = prepare_appends(requests, self.codec)
-        return await self._writer.submit(parts)
+        return self._writer.submit(parts)
 
     # -- reading -------------------------------------------------------------------------
 
