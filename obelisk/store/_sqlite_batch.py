@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class WriteJob(msgspec.Struct):
     future: asyncio.Future[list[AppendResult]]
     results: list[AppendResult] | None = None
     error: BaseException | None = None
+    on_settled: list[Callable[[], None]] | None = None
 
 
 class HeadCache:

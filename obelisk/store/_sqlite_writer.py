@@ -30,6 +30,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from obelisk.errors import StoreClosed, StoreError
@@ -58,12 +59,14 @@ def _settle(jobs: list[WriteJob]) -> None:
     # A caller whose task was cancelled has a done future: its append still committed
     # (or failed) and there is nobody left to tell.
     for job in jobs:
-        if job.future.done():
-            continue
-        if job.error is not None:
-            job.future.set_exception(job.error)
-        else:
-            job.future.set_result(job.results)  # type: ignore[arg-type]
+        if not job.future.done():
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.results)  # type: ignore[arg-type]
+        if job.on_settled is not None:
+            for callback in job.on_settled:
+                callback()
 
 
 class SQLiteWriter:
@@ -136,6 +139,19 @@ class SQLiteWriter:
     def join(self, timeout: float | None = None) -> None:
         """Wait for the commit thread to end."""
         self._thread.join(timeout)
+
+    def when_settled(self, future: object, callback: Callable[[], None]) -> bool:
+        """Register ``callback`` for the job of ``future`` if it is still pending."""
+        jobs = list(self._gathered)
+        if self._in_flight is not None:
+            jobs.extend(self._in_flight)
+        for job in jobs:
+            if job.future is future:
+                if job.on_settled is None:
+                    job.on_settled = []
+                job.on_settled.append(callback)
+                return True
+        return False
 
     @property
     def idle_connection(self) -> sqlite3.Connection | None:

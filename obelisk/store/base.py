@@ -8,7 +8,7 @@ globally, gap-free and in commit order.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Self
 from uuid import UUID
@@ -192,6 +192,15 @@ class EventStore(abc.ABC):
         Implementations may be ``async def`` or return a future: a future lets a caller
         that is cancelled while waiting keep track of an append that may still commit.
         """
+
+    def when_settled(self, append: Awaitable[object], callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once an append whose caller was cancelled has settled.
+
+        ``append`` is what :meth:`append_many` returned. Returns False when the store has
+        nothing in flight for it (it settled already, or the store cannot tell): the caller
+        then treats it as settled now.
+        """
+        return False
 
     # -- reading -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -176,6 +176,10 @@ class SQLiteEventStore(EventStore):
             raise StoreClosed(f"{self!r} is not open")
         parts = prepare_appends(requests, self.codec)
         return self._writer.submit(parts)
+
+    def when_settled(self, append: Awaitable[object], callback: Callable[[], None]) -> bool:
+        writer = self._writer
+        return writer is not None and writer.when_settled(append, callback)
 
     # -- reading -------------------------------------------------------------------------
 
