@@ -29,6 +29,7 @@ from obelisk.store.records import ANY, NO_STREAM, AppendResult
 
 __all__ = [
     "HeadCache",
+    "Staged",
     "WriteJob",
     "commit_each_alone",
     "fail",
@@ -69,25 +70,28 @@ class HeadCache:
 
     def __init__(self, limit: int = 200_000) -> None:
         self.heads: dict[str, int] = {}
+        self.last_position: int | None = None  # the log's end, by the same rule
         self._limit = limit
         self._data_version: int | None = None
 
     def sync(self, conn: sqlite3.Connection) -> None:
-        """Drop every head if another connection committed since the last call."""
+        """Drop everything if another connection committed since the last call."""
         (data_version,) = conn.execute("PRAGMA data_version").fetchone()
         if data_version != self._data_version:
-            self.heads.clear()
+            self.clear()
             self._data_version = data_version
 
-    def remember(self, heads: dict[str, int]) -> None:
-        """Record the heads of a batch that committed."""
+    def remember(self, heads: dict[str, int], last_position: int) -> None:
+        """Record the heads and the log's end after a batch that committed."""
         if len(self.heads) + len(heads) > self._limit:
             self.heads.clear()  # a miss costs one indexed query: no need for true LRU
         self.heads.update(heads)
+        self.last_position = last_position
 
     def clear(self) -> None:
-        """Forget every head (after a commit whose effect is unknown here)."""
+        """Forget everything (another writer committed, or a commit's effect is unknown)."""
         self.heads.clear()
+        self.last_position = None
 
 
 @dataclass(slots=True)
@@ -106,9 +110,16 @@ class _Batch:
 _NO_HEADS: dict[str, int] = {}
 
 
+class Staged(msgspec.Struct, gc=False):
+    """What a staged batch will have written once it commits: for the head cache."""
+
+    heads: dict[str, int]
+    last_position: int
+
+
 def stage_and_insert(
     conn: sqlite3.Connection, jobs: list[WriteJob], cache: HeadCache | None = None
-) -> dict[str, int]:
+) -> Staged:
     """Open a write transaction, check every job, insert the accepted rows; no COMMIT.
 
     Each job ends with either ``results`` (staged) or ``error`` (rejected, nothing of it
@@ -121,9 +132,14 @@ def stage_and_insert(
     # BEGIN IMMEDIATE takes the write lock first, so the heads read below cannot change
     # before COMMIT, even with other processes writing the same file.
     conn.execute("BEGIN IMMEDIATE")
-    (last,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM obelisk_events").fetchone()
     if cache is not None:
         cache.sync(conn)
+    last = cache.last_position if cache is not None else None
+    if last is None:
+        (last,) = conn.execute(
+            "SELECT COALESCE(MAX(position), 0) FROM obelisk_events"
+        ).fetchone()
+    if cache is not None:
         batch = _Batch(last + 1, cache.heads, True)
         _prefetch_heads(conn, batch, jobs)
     else:
@@ -137,7 +153,7 @@ def stage_and_insert(
             job.error = exc
     if batch.rows:
         conn.executemany(_INSERT_EVENT, batch.rows)
-    return batch.touched
+    return Staged(batch.touched, batch.next_position - 1)
 
 
 def _prefetch_heads(conn: sqlite3.Connection, batch: _Batch, jobs: list[WriteJob]) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 from obelisk.errors import StoreClosed, StoreError
 from obelisk.store._sqlite_batch import (
     HeadCache,
+    Staged,
     WriteJob,
     commit_each_alone,
     fail,
@@ -92,7 +93,7 @@ class SQLiteWriter:
         self._flush_scheduled = False
         self._in_flight: list[WriteJob] | None = None
         self._heads = HeadCache()
-        self._in_flight_heads: dict[str, int] = {}
+        self._in_flight_staged: Staged | None = None
         self._idle: asyncio.Future[None] | None = None
         self._closing = False
         self.batches = 0
@@ -194,7 +195,7 @@ class SQLiteWriter:
         conn = self._conn
         assert conn is not None
         try:
-            heads = stage_and_insert(conn, jobs, self._heads)
+            staged = stage_and_insert(conn, jobs, self._heads)
         except sqlite3.IntegrityError:
             rollback(conn)
             self._send(_EACH, jobs)
@@ -216,30 +217,29 @@ class SQLiteWriter:
         if self._inline and len(jobs) == 1:
             try:
                 conn.execute("COMMIT")
+                self._heads.remember(staged.heads, staged.last_position)
             except sqlite3.Error as exc:
                 rollback(conn)
                 fail(jobs, translate(exc))
-                heads = {}
                 self._heads.clear()
-            self._heads.remember(heads)
             self._finish(jobs)
             return
-        self._in_flight_heads = heads
+        self._in_flight_staged = staged
         self._send(_COMMIT, jobs)
 
     def _send(self, mode: str, jobs: list[WriteJob]) -> None:
         if mode != _COMMIT:
-            self._in_flight_heads = {}
+            self._in_flight_staged = None
         self._in_flight = jobs
         self._queue.put((mode, jobs))
 
     def _finish(self, jobs: list[WriteJob], committed: bool | None = None) -> None:
         if committed is not None:  # a batch back from the commit thread
-            if committed:
-                self._heads.remember(self._in_flight_heads)
+            staged, self._in_flight_staged = self._in_flight_staged, None
+            if committed and staged is not None:
+                self._heads.remember(staged.heads, staged.last_position)
             else:
                 self._heads.clear()
-            self._in_flight_heads = {}
         if jobs is self._in_flight:
             self._in_flight = None
         self.batches += 1
