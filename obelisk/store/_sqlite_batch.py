@@ -11,7 +11,6 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -94,17 +93,19 @@ class HeadCache:
         self.last_position = None
 
 
-@dataclass(slots=True)
 class _Batch:
     """What one transaction will write, built while checking the jobs in order."""
 
-    next_position: int
-    known: dict[str, int]
-    trust_absence: bool
-    heads: dict[str, int] = field(default_factory=dict)
-    touched: dict[str, int] = field(default_factory=dict)
-    ids: dict[bytes, tuple[str, int, int]] = field(default_factory=dict)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    __slots__ = ("heads", "ids", "known", "next_position", "rows", "touched", "trust_absence")
+
+    def __init__(self, next_position: int, known: dict[str, int], trust_absence: bool) -> None:
+        self.next_position = next_position
+        self.known = known
+        self.trust_absence = trust_absence
+        self.heads: dict[str, int] = {}
+        self.touched: dict[str, int] = {}
+        self.ids: dict[bytes, tuple[str, int, int]] = {}
+        self.rows: list[tuple[Any, ...]] = []
 
 
 _NO_HEADS: dict[str, int] = {}
@@ -159,13 +160,16 @@ def stage_and_insert(
 def _prefetch_heads(conn: sqlite3.Connection, batch: _Batch, jobs: list[WriteJob]) -> None:
     # One query for every head the checks will need and the cache lacks, instead of
     # one query per append.
-    wanted = {
+    known = batch.known
+    wanted = [
         part.stream_id
         for job in jobs
         for part in job.parts
-        if part.stream_id not in batch.known and part.expected_version != NO_STREAM
-    }
-    ids = list(wanted)
+        if part.expected_version != NO_STREAM and part.stream_id not in known
+    ]
+    if not wanted:
+        return
+    ids = list(dict.fromkeys(wanted))
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         found = dict(

@@ -190,8 +190,11 @@ class SQLiteWriter:
 
     def _flush(self) -> None:
         """Start the next batch: stage and insert it here, commit it here or on the thread."""
-        jobs = self._gathered[: self._max_batch]
-        del self._gathered[: self._max_batch]
+        if len(self._gathered) <= self._max_batch:
+            jobs, self._gathered = self._gathered, []
+        else:
+            jobs = self._gathered[: self._max_batch]
+            del self._gathered[: self._max_batch]
         conn = self._conn
         assert conn is not None
         try:
