@@ -9,6 +9,7 @@ handing it to a thread. Long reads yield to the loop every ``_CHUNK`` rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -320,18 +321,24 @@ class SQLiteEventStore(EventStore):
         )
         return [StreamInfo(*row) for row in rows]
 
+@functools.lru_cache(maxsize=64)
+def _stream_sql(select: str, bounded: bool, limited: bool) -> str:
+    # Built once per shape: loading an aggregate is a hot path.
+    sql = select + "WHERE stream_id = ? AND version >= ? "
+    if bounded:
+        sql += "AND version <= ? "
+    sql += "ORDER BY version"
+    if limited:
+        sql += " LIMIT ?"
+    return sql
+
+
 def _stream_query(
     select: str, stream_id: str, from_version: int, to_version: int | None, limit: int | None
 ) -> tuple[str, list[Any]]:
-    sql = select + "WHERE stream_id = ? AND version >= ? "
     params: list[Any] = [stream_id, from_version]
     if to_version is not None:
-        sql += "AND version <= ? "
         params.append(to_version)
-    sql += "ORDER BY version"
     if limit is not None:
-        sql += " LIMIT ?"
         params.append(limit)
-    return sql, params
-
-
+    return _stream_sql(select, to_version is not None, limit is not None), params
