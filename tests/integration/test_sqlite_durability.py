@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ from obelisk.domain.events import Event
 from obelisk.errors import StoreClosed
 from obelisk.store import NO_STREAM, AppendResult, SQLiteEventStore, store_from_url
 from obelisk.store._sqlite_writer import SQLiteWriter
+
+from ._writer_spy import spy_on_writer_connection
 
 _SYNCHRONOUS_FULL = 2
 _SYNCHRONOUS_NORMAL = 1
@@ -29,18 +30,6 @@ class DurabilityTicked(Event):
     n: int
 
 
-def _spy_on_writer_connection(store: SQLiteEventStore) -> list[sqlite3.Connection]:
-    """Record every connection the store's writer thread opens."""
-    opened: list[sqlite3.Connection] = []
-    factory: Callable[[], sqlite3.Connection] = store._connect_writer
-
-    def connect() -> sqlite3.Connection:
-        conn = factory()
-        opened.append(conn)
-        return conn
-
-    store._connect_writer = connect  # type: ignore[method-assign]
-    return opened
 
 
 def _pragma(conn: sqlite3.Connection, name: str) -> object:
@@ -59,7 +48,7 @@ async def test_the_writer_connection_fsyncs_every_commit_by_default(
     tmp_path: Path, loop_errors: list[object]
 ) -> None:
     store = SQLiteEventStore(tmp_path / "events.db")
-    opened = _spy_on_writer_connection(store)
+    opened = spy_on_writer_connection(store)
     async with store:
         await store.append("s", [DurabilityTicked(n=1)])
         # The writer is idle between batches, so asking its connection now is safe.
@@ -72,7 +61,7 @@ async def test_the_writer_connection_uses_synchronous_normal_when_asked(
     tmp_path: Path, loop_errors: list[object]
 ) -> None:
     store = SQLiteEventStore(tmp_path / "events.db", synchronous="NORMAL")
-    opened = _spy_on_writer_connection(store)
+    opened = spy_on_writer_connection(store)
     async with store:
         await store.append("s", [DurabilityTicked(n=1)])
         assert len(opened) == 1
@@ -98,7 +87,7 @@ async def test_a_store_url_passes_synchronous_normal_to_the_writer(
 ) -> None:
     store = store_from_url(f"sqlite:///{tmp_path / 'events.db'}?synchronous=normal")
     assert isinstance(store, SQLiteEventStore)
-    opened = _spy_on_writer_connection(store)
+    opened = spy_on_writer_connection(store)
     async with store:
         assert _pragma(opened[0], "synchronous") == _SYNCHRONOUS_NORMAL
 
@@ -161,7 +150,7 @@ async def test_terminate_fails_queued_appends_with_store_closed(
 ) -> None:
     path = tmp_path / "events.db"
     store = SQLiteEventStore(path, busy_timeout=30)
-    opened = _spy_on_writer_connection(store)
+    opened = spy_on_writer_connection(store)
     await store.open()
     writer = store._writer
     assert isinstance(writer, SQLiteWriter)

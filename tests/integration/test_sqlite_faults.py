@@ -16,7 +16,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,8 @@ import pytest
 from obelisk.domain.events import Event
 from obelisk.errors import StoreError, StoreUnavailable
 from obelisk.store import NO_STREAM, AppendResult, SQLiteEventStore, StoredEvent
+
+from ._writer_spy import spy_on_writer_connection
 
 _NOBODY = 65534  # the conventional unprivileged uid/gid ("nobody"/"nogroup")
 _SUBPROCESS_TIMEOUT = 60
@@ -59,18 +61,6 @@ def _raw_rows(path: Path) -> list[tuple[int, str, int]]:
         conn.close()
 
 
-def _spy_on_writer_connection(store: SQLiteEventStore) -> list[sqlite3.Connection]:
-    """Record every connection the store's writer opens (to watch it work)."""
-    opened: list[sqlite3.Connection] = []
-    factory: Callable[[], sqlite3.Connection] = store._connect_writer
-
-    def connect() -> sqlite3.Connection:
-        conn = factory()
-        opened.append(conn)
-        return conn
-
-    store._connect_writer = connect  # type: ignore[method-assign]
-    return opened
 
 
 # -- read-only database ------------------------------------------------------------------
@@ -322,7 +312,7 @@ async def test_a_lone_append_waiting_for_a_lock_lets_the_loop_release_that_lock(
 ) -> None:
     path = tmp_path / "events.db"
     store = SQLiteEventStore(path, busy_timeout=5.0)
-    opened = _spy_on_writer_connection(store)
+    opened = spy_on_writer_connection(store)
     async with store:
         await store.append("before", _notes(1))
         batch_started = threading.Event()
