@@ -197,8 +197,12 @@ class SQLiteEventStore(EventStore):
         reader = self._read_conn()
         writer = self._writer
         try:
-            if writer is not None and writer.idle_connection is not None:
-                return writer.idle_connection.execute(sql, params).fetchall()
+            idle = writer.idle_connection if writer is not None else None
+            if idle is not None:
+                try:
+                    return idle.execute(sql, params).fetchall()
+                except sqlite3.OperationalError:
+                    pass  # e.g. busy (that connection waits for nothing): the reader waits
             cursor = reader.execute(sql, params)
             rows = cursor.fetchmany(_CHUNK)
             if len(rows) < _CHUNK:
