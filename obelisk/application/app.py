@@ -72,8 +72,12 @@ class Application:
         """Drain queued appends and close the store."""
         if self._open and self._store is not None:
             self._open = False
-            self.cache.clear()
-            await self._store.close()
+            try:
+                await self._store.close()
+            finally:
+                # After the store drained: a command committing during close re-caches
+                # its aggregate, and a reopened application must not trust that entry.
+                self.cache.clear()
             if isinstance(self._store_spec, str):
                 self._store = None
 
@@ -124,8 +128,10 @@ class Application:
                 try:
                     await entry.handler(uow, command)
                     await uow.commit()
-                finally:
-                    uow._release()
+                except BaseException:
+                    uow._release(failed=True)
+                    raise
+                uow._release()
                 return uow.position
             except ConcurrencyError:
                 if attempt >= policy.attempts:

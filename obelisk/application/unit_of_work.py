@@ -138,13 +138,15 @@ class UnitOfWork:
         if self._done:
             raise ObeliskError("this unit of work has ended; start a new one")
 
-    def _release(self) -> None:
+    def _release(self, failed: bool = False) -> None:
         self._done = True
         cache = self._app.cache
         for aggregate in self._tracked.values():
-            if aggregate._pending or aggregate.is_broken:
+            if failed or aggregate._pending or aggregate.is_broken:
                 # Changed but not committed (an error, a conflict, a cancellation): the
-                # instance is no longer what the store holds.
+                # instance is no longer what the store holds. And a unit that failed may
+                # have been refused on a state another process has since changed: the
+                # next attempt loads afresh, so it is refused at most once.
                 cache.evict(aggregate.id)
         self._tracked.clear()
         keys, self._locked = self._locked, []
@@ -169,8 +171,12 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        failed = exc_type is not None
         try:
-            if exc_type is None:
+            if not failed:
                 await self.commit()
+        except BaseException:
+            failed = True
+            raise
         finally:
-            self._release()
+            self._release(failed)

@@ -121,8 +121,7 @@ class SQLiteWriter:
         """Commit everything gathered or in flight, then stop the thread."""
         self._closing = True
         loop = asyncio.get_running_loop()
-        if self._in_flight is None and self._gathered:
-            self._flush()
+        self._drain()
         while self._in_flight is not None or self._gathered:
             self._idle = loop.create_future()
             await self._idle
@@ -185,8 +184,16 @@ class SQLiteWriter:
 
     def _flush_at_iteration_end(self) -> None:
         self._flush_scheduled = False
-        if self._in_flight is None and self._gathered:
+        self._drain()
+
+    def _drain(self) -> None:
+        """Start batches while none is in flight (inline commits finish on the spot)."""
+        # A loop, not recursion: each inline commit would otherwise start the next batch
+        # from inside the previous one's completion.
+        while self._in_flight is None and self._gathered:
             self._flush()
+        if self._in_flight is None and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _flush(self) -> None:
         """Start the next batch: stage and insert it here, commit it here or on the thread."""
@@ -209,13 +216,13 @@ class SQLiteWriter:
                 self._send(_WHOLE, jobs)  # another process holds the lock: wait off-loop
             else:
                 fail(jobs, translate(exc))
-                self._finish(jobs)
+                self._complete(jobs)
             return
         except BaseException as exc:
             # A bug must not leave callers waiting forever: fail the batch, then raise.
             rollback(conn)
             fail(jobs, StoreError(f"append failed unexpectedly: {exc!r}"))
-            self._finish(jobs)
+            self._complete(jobs)
             raise
         if self._inline and len(jobs) == 1:
             try:
@@ -225,7 +232,7 @@ class SQLiteWriter:
                 rollback(conn)
                 fail(jobs, translate(exc))
                 self._heads.clear()
-            self._finish(jobs)
+            self._complete(jobs)
             return
         self._in_flight_staged = staged
         self._send(_COMMIT, jobs)
@@ -236,23 +243,22 @@ class SQLiteWriter:
         self._in_flight = jobs
         self._queue.put((mode, jobs))
 
-    def _finish(self, jobs: list[WriteJob], committed: bool | None = None) -> None:
-        if committed is not None:  # a batch back from the commit thread
-            staged, self._in_flight_staged = self._in_flight_staged, None
-            if committed and staged is not None:
-                self._heads.remember(staged.heads, staged.last_position)
-            else:
-                self._heads.clear()
+    def _returned(self, jobs: list[WriteJob], committed: bool) -> None:
+        """A batch is back from the commit thread (runs on the loop)."""
+        staged, self._in_flight_staged = self._in_flight_staged, None
+        if committed and staged is not None:
+            self._heads.remember(staged.heads, staged.last_position)
+        else:
+            self._heads.clear()  # run whole on the thread, or failed: heads unknown here
         if jobs is self._in_flight:
             self._in_flight = None
+        self._complete(jobs)
+        self._drain()  # everything that arrived during that commit
+
+    def _complete(self, jobs: list[WriteJob]) -> None:
         self.batches += 1
         self.jobs += len(jobs)
         _settle(jobs)
-        if self._in_flight is None:
-            if self._gathered:
-                self._flush()  # everything that arrived during that commit
-            elif self._idle is not None and not self._idle.done():
-                self._idle.set_result(None)
 
     # -- the commit thread ---------------------------------------------------------------
 
@@ -286,7 +292,7 @@ class SQLiteWriter:
                 loop = self._loop
                 if loop is not None:
                     try:
-                        loop.call_soon_threadsafe(self._finish, jobs, committed)
+                        loop.call_soon_threadsafe(self._returned, jobs, committed)
                     except RuntimeError:
                         pass  # the loop is closed: nobody is waiting any more
         finally:

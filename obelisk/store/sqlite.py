@@ -250,6 +250,7 @@ class SQLiteEventStore(EventStore):
     async def read_stream_events(
         self, stream_id: str, *, from_version: int = 1, to_version: int | None = None
     ) -> list[Event]:
+        from_version = max(from_version, 1)  # the slow path below counts rows from here
         sql, params = _stream_query(
             f"SELECT {_TYPE_KEY}, data FROM obelisk_events ",
             _valid(stream_id),
