@@ -67,7 +67,12 @@ def _settle(jobs: list[WriteJob]) -> None:
                 job.future.set_result(job.results)  # type: ignore[arg-type]
         if job.on_settled is not None:
             for callback in job.on_settled:
-                callback()
+                try:
+                    callback()
+                except Exception as exc:  # one bad callback must not strand the others
+                    job.future.get_loop().call_exception_handler(
+                        {"message": "append settle callback failed", "exception": exc}
+                    )
 
 
 class SQLiteWriter:

@@ -80,6 +80,7 @@ class SQLiteEventStore(EventStore):
         self.max_batch = max_batch
         self.inline_solo_commits = inline_solo_commits
         self._writer: SQLiteWriter | None = None
+        self._opening = asyncio.Lock()
         self._reader: sqlite3.Connection | None = None
         self._closed = False
 
@@ -118,8 +119,11 @@ class SQLiteEventStore(EventStore):
         return conn
 
     async def open(self) -> None:
-        if self._writer is not None:
-            return
+        async with self._opening:  # two concurrent open() calls build one writer
+            if self._writer is None:
+                await self._open()
+
+    async def _open(self) -> None:
         self._closed = False
         writer = SQLiteWriter(
             self._connect_writer,
