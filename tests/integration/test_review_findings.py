@@ -31,7 +31,7 @@ from obelisk.store import (
     StoredEvent,
 )
 
-from ._writer_spy import spy_on_writer_connection
+from ._helpers import assert_gap_free, spy_on_writer_connection
 
 _CAP = 60.0  # seconds: a guard against a hang, never a timing assertion
 
@@ -55,15 +55,6 @@ def _upcast_review(payload: dict[str, Any]) -> dict[str, Any]:
 
 def notes(*numbers: int) -> list[Event]:
     return [ReviewNoted(n=n) for n in numbers]
-
-
-def _assert_gap_free(events: Sequence[StoredEvent]) -> None:
-    """Positions are 1..N and every stream's versions run 1, 2, ... in position order."""
-    assert [e.position for e in events] == list(range(1, len(events) + 1))
-    versions: dict[str, int] = {}
-    for e in events:
-        versions[e.stream_id] = versions.get(e.stream_id, 0) + 1
-        assert e.version == versions[e.stream_id], e
 
 
 def _assert_exactly_acked(events: Sequence[StoredEvent], acked: Sequence[AppendResult]) -> None:
@@ -164,7 +155,7 @@ async def test_a_batch_mixing_rejected_and_accepted_appends_keeps_positions_gap_
                 assert isinstance(outcome, AppendResult) and outcome.version == 3
                 acked.append(outcome)
         events = await store.read_all(limit=1000)
-        _assert_gap_free(events)
+        assert_gap_free(events)
         _assert_exactly_acked(events, acked)
         assert max(r.last_position for r in acked) == len(events) == 6 + 4 * 2 + 1
 
@@ -195,7 +186,7 @@ async def test_a_failed_commit_leaves_no_trace_and_the_head_cache_forgets_it(
         with pytest.raises(ConcurrencyError):
             await store.append("s", notes(3), 1)
         events = await store.read_all()
-        _assert_gap_free(events)
+        assert_gap_free(events)
         _assert_exactly_acked(events, [first, second])
 
 
@@ -222,7 +213,7 @@ async def test_a_commit_that_landed_but_reported_an_error_never_reuses_a_positio
         assert info.value.actual == 2
         result = await store.append("s", notes(3), 2)
         assert (result.version, result.first_position) == (3, count + 2)
-        _assert_gap_free(await store.read_all())
+        assert_gap_free(await store.read_all())
 
 
 async def test_reads_while_a_batch_waits_at_commit_never_see_its_uncommitted_rows(
@@ -245,7 +236,7 @@ async def test_reads_while_a_batch_waits_at_commit_never_see_its_uncommitted_row
         results = await asyncio.gather(*batch)
         assert sorted(r[0].last_position for r in results) == [2, 3]
         assert await store.read_stream_events("s-1") == notes(1)
-        _assert_gap_free(await store.read_all())
+        assert_gap_free(await store.read_all())
 
 
 async def test_two_stores_on_one_file_with_warm_head_caches_write_concurrently_without_loss(
@@ -283,7 +274,7 @@ async def test_two_stores_on_one_file_with_warm_head_caches_write_concurrently_w
         assert conflicts, "the stores never raced: the test proves nothing"
         for store in (a, b):
             events = await store.read_all(limit=10_000)
-            _assert_gap_free(events)
+            assert_gap_free(events)
             _assert_exactly_acked(events, acked)
 
 
@@ -316,7 +307,7 @@ async def test_an_append_submitted_while_close_drains_gets_store_closed_and_the_
     results = [f.result()[0] for f in in_flight + gathered]
     async with SQLiteEventStore(tmp_path / "events.db") as reopened:
         events = await reopened.read_all()
-        _assert_gap_free(events)
+        assert_gap_free(events)
         _assert_exactly_acked(events, results)
         assert await reopened.stream_version("late") == 0
 
@@ -347,7 +338,7 @@ async def test_terminate_fails_gathered_appends_while_the_batch_in_flight_still_
     assert not writer.alive
     async with SQLiteEventStore(tmp_path / "events.db") as reopened:
         events = await reopened.read_all()
-        _assert_gap_free(events)
+        assert_gap_free(events)
         _assert_exactly_acked(events, results)
 
 

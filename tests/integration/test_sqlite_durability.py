@@ -19,7 +19,7 @@ from obelisk.errors import StoreClosed
 from obelisk.store import NO_STREAM, AppendResult, SQLiteEventStore, store_from_url
 from obelisk.store._sqlite_writer import SQLiteWriter
 
-from ._writer_spy import spy_on_writer_connection
+from ._helpers import spy_on_writer_connection
 
 _SYNCHRONOUS_FULL = 2
 _SYNCHRONOUS_NORMAL = 1

@@ -23,9 +23,9 @@ import pytest
 
 from obelisk.domain.events import Event
 from obelisk.errors import StoreError, StoreUnavailable
-from obelisk.store import NO_STREAM, AppendResult, SQLiteEventStore, StoredEvent
+from obelisk.store import NO_STREAM, AppendResult, SQLiteEventStore
 
-from ._writer_spy import spy_on_writer_connection
+from ._helpers import assert_gap_free, spy_on_writer_connection
 
 _NOBODY = 65534  # the conventional unprivileged uid/gid ("nobody"/"nogroup")
 _SUBPROCESS_TIMEOUT = 60
@@ -39,15 +39,6 @@ class FaultNoted(Event):
 
 def _notes(*numbers: int) -> list[FaultNoted]:
     return [FaultNoted(n=n) for n in numbers]
-
-
-def _assert_gap_free(events: Sequence[StoredEvent]) -> None:
-    """Positions are 1..N and every stream's versions run 1, 2, ... in position order."""
-    assert [e.position for e in events] == list(range(1, len(events) + 1))
-    versions: dict[str, int] = {}
-    for e in events:
-        versions[e.stream_id] = versions.get(e.stream_id, 0) + 1
-        assert e.version == versions[e.stream_id], e
 
 
 def _raw_rows(path: Path) -> list[tuple[int, str, int]]:
@@ -207,7 +198,7 @@ async def test_a_read_only_database_fails_every_pending_append_clearly_and_keeps
             assert await store.stream_version(f"ro-{i}") == 0
         result = await store.append("after", _notes(4))
         assert result.last_position == 4
-        _assert_gap_free(await store.read_all())
+        assert_gap_free(await store.read_all())
 
 
 # -- locked by another process -----------------------------------------------------------
@@ -300,7 +291,7 @@ async def test_appends_fail_clearly_while_another_process_holds_the_lock_and_res
         )
         assert sorted(r.last_position for r in results) == list(range(4, 12))
         events = await store.read_all()
-        _assert_gap_free(events)
+        assert_gap_free(events)
         assert {e.stream_id for e in events} == {"before"} | {f"after-{i}" for i in range(8)}
         for i in range(8):
             assert await store.stream_version(f"locked-{i}") == 0
@@ -370,7 +361,7 @@ async def _assert_full_store_consistent(
     store: SQLiteEventStore, acked: Sequence[AppendResult]
 ) -> None:
     events = await store.read_all(limit=1_000_000)
-    _assert_gap_free(events)
+    assert_gap_free(events)
     # Exactly the acknowledged appends are stored, each where it was acknowledged.
     assert [(e.stream_id, e.version, e.position) for e in events] == [
         (r.stream_id, r.version, r.last_position) for r in acked
