@@ -1,9 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what it needs, then lint, types, tests.
-# Servers a later suite needs (PostgreSQL, Redis, NATS) are installed and started here too,
-# on free local ports in temporary folders, and stopped on exit even when a step fails.
+# Server binaries the tests need (PostgreSQL) are installed here; the servers themselves are
+# started by pytest's session fixtures (tests/conftest.py) on free local ports in temporary
+# folders, so they are stopped and deleted even when tests fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# PostgreSQL 15's server binaries (initdb, pg_ctl, postgres), found the way
+# obelisk.testing.pgserver.find_postgres_bin looks for them.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing PostgreSQL (apt-get install postgresql)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q postgresql
+    else
+        echo "error: PostgreSQL's server binaries (initdb, pg_ctl) are not installed." >&2
+        echo "Install them, e.g. 'sudo apt-get install -y postgresql', and run this again." >&2
+        exit 1
+    fi
+fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

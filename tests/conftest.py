@@ -1,14 +1,23 @@
-"""Shared fixtures: fail loudly on leaked tasks and unhandled loop exceptions."""
+"""Shared fixtures: fail loudly on leaked tasks and unhandled loop exceptions.
+
+PostgreSQL: ``postgres_dsn`` is ``$OBELISK_TEST_POSTGRES_DSN`` when set, else one throwaway
+server started for the whole session (only when a test asks for it) and stopped at the end.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from obelisk.store import MemoryEventStore, SQLiteEventStore
+from obelisk.testing.pgserver import ThrowawayPostgres
+
+POSTGRES_DSN_ENV = "OBELISK_TEST_POSTGRES_DSN"
 
 
 @pytest.fixture
@@ -34,3 +43,42 @@ async def sqlite_store(
 async def memory_store() -> AsyncIterator[MemoryEventStore]:
     async with MemoryEventStore() as store:
         yield store
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[ThrowawayPostgres | None]:
+    """The session's own PostgreSQL server, or None when the DSN comes from the environment.
+
+    Fault tests restart it; they skip when it is None (someone else's server).
+    """
+    if os.environ.get(POSTGRES_DSN_ENV):
+        yield None
+        return
+    server = ThrowawayPostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server: ThrowawayPostgres | None) -> str:
+    """A DSN for a PostgreSQL 15 server that tests may create schemas in."""
+    if postgres_server is None:
+        return os.environ[POSTGRES_DSN_ENV]
+    return postgres_server.dsn
+
+
+@pytest.fixture
+async def pg_schema(postgres_dsn: str) -> AsyncIterator[str]:
+    """A fresh schema name for one test (the store creates it); dropped at teardown."""
+    import asyncpg  # only tests that use PostgreSQL need the driver installed
+
+    name = f"t_{uuid.uuid4().hex}"
+    yield name
+    conn = await asyncpg.connect(postgres_dsn, timeout=30)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()

@@ -7,6 +7,7 @@
   ``.ci/run`` calls, so CI runs it; running it here would recurse. The demo command is run
   with the already-installed package (re-installing would only repeat the set-up).
 * ```text blocks are sample output, not code.
+* Pages whose code reads ``$OBELISK_POSTGRES_DSN`` get the test session's PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```", re.S | re.M)
 KNOWN = {"python", "bash", "bash setup", "text"}
+PG_DSN_VARIABLE = "OBELISK_POSTGRES_DSN"
 
 
 def blocks(page: Path) -> list[tuple[str, str]]:
@@ -51,12 +53,18 @@ def test_every_code_block_has_a_known_kind(page: Path) -> None:
 
 
 @pytest.mark.parametrize("page", pages_with("python"), ids=page_id)
-def test_the_python_blocks_of_a_page_run(page: Path, tmp_path: Path) -> None:
+def test_the_python_blocks_of_a_page_run(
+    page: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     code = "\n\n".join(body for info, body in blocks(page) if info == "python")
+    env = run_env()
+    if PG_DSN_VARIABLE in code:
+        # Pages about PostgreSQL run against the test session's server.
+        env[PG_DSN_VARIABLE] = request.getfixturevalue("postgres_dsn")
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
-        env=run_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,

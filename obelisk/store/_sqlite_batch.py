@@ -7,10 +7,8 @@ loop or the commit thread, never both at once); they never commit, except
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -23,6 +21,7 @@ from obelisk.errors import (
     StoreUnavailable,
 )
 from obelisk.store._idempotency import replayed_result
+from obelisk.store._jobs import WriteJob, fail
 from obelisk.store.base import PreparedAppend
 from obelisk.store.records import ANY, NO_STREAM, AppendResult
 
@@ -46,16 +45,6 @@ _INSERT_EVENT = (
 _HEAD = (
     "SELECT version FROM obelisk_events WHERE stream_id = ? ORDER BY version DESC LIMIT 1"
 )
-
-
-class WriteJob(msgspec.Struct):
-    """One atomic append (one or more streams) waiting for its batch to commit."""
-
-    parts: list[PreparedAppend]
-    future: asyncio.Future[list[AppendResult]]
-    results: list[AppendResult] | None = None
-    error: BaseException | None = None
-    on_settled: list[Callable[[], None]] | None = None
 
 
 class HeadCache:
@@ -203,13 +192,6 @@ def commit_each_alone(conn: sqlite3.Connection, jobs: list[WriteJob]) -> None:
             rollback(conn)
             job.results = None
             job.error = translate(exc)
-
-
-def fail(jobs: list[WriteJob], error: BaseException) -> None:
-    """Mark every job of a batch that could not commit."""
-    for job in jobs:
-        job.results = None
-        job.error = error
 
 
 def _stage(

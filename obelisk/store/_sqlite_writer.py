@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from obelisk.errors import StoreClosed, StoreError
+from obelisk.store._jobs import find_job, settle
 from obelisk.store._sqlite_batch import (
     HeadCache,
     Staged,
@@ -56,25 +57,6 @@ _WHOLE = "whole"  # the thread runs the whole batch, waiting for a lock if it mu
 _EACH = "each"  # the thread commits each job alone (after a unique-index violation)
 
 
-def _settle(jobs: list[WriteJob]) -> None:
-    # A caller whose task was cancelled has a done future: its append still committed
-    # (or failed) and there is nobody left to tell.
-    for job in jobs:
-        if not job.future.done():
-            if job.error is not None:
-                job.future.set_exception(job.error)
-            else:
-                job.future.set_result(job.results)  # type: ignore[arg-type]
-        if job.on_settled is not None:
-            for callback in job.on_settled:
-                try:
-                    callback()
-                except Exception as exc:  # one bad callback must not strand the others
-                    job.future.get_loop().call_exception_handler(
-                        {"message": "append settle callback failed", "exception": exc}
-                    )
-
-
 class SQLiteWriter:
     """Owns the write connection and commits appends in groups (see the module notes)."""
 
@@ -85,8 +67,10 @@ class SQLiteWriter:
         max_batch: int = 4096,
         inline_solo_commits: bool = True,
         busy_timeout: float = 5.0,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._on_commit = on_commit
         self._max_batch = max_batch
         self._inline = inline_solo_commits
         self._busy_ms = int(busy_timeout * 1000)
@@ -138,7 +122,7 @@ class SQLiteWriter:
         self._closing = True
         gathered, self._gathered = self._gathered, []
         fail(gathered, StoreClosed("the SQLite event store was terminated"))
-        _settle(gathered)
+        settle(gathered)
         self._queue.put(_STOP)
 
     def join(self, timeout: float | None = None) -> None:
@@ -150,13 +134,13 @@ class SQLiteWriter:
         jobs = list(self._gathered)
         if self._in_flight is not None:
             jobs.extend(self._in_flight)
-        for job in jobs:
-            if job.future is future:
-                if job.on_settled is None:
-                    job.on_settled = []
-                job.on_settled.append(callback)
-                return True
-        return False
+        job = find_job(jobs, future)
+        if job is None:
+            return False
+        if job.on_settled is None:
+            job.on_settled = []
+        job.on_settled.append(callback)
+        return True
 
     @property
     def idle_connection(self) -> sqlite3.Connection | None:
@@ -263,7 +247,9 @@ class SQLiteWriter:
     def _complete(self, jobs: list[WriteJob]) -> None:
         self.batches += 1
         self.jobs += len(jobs)
-        _settle(jobs)
+        settle(jobs)
+        if self._on_commit is not None and any(job.results for job in jobs):
+            self._on_commit()
 
     # -- the commit thread ---------------------------------------------------------------
 

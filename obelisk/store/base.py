@@ -8,6 +8,7 @@ globally, gap-free and in commit order.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Self
@@ -27,6 +28,7 @@ from obelisk.store.records import (
     new_event_id,
     validate_stream_id,
 )
+from obelisk.store.subscription import Subscription, WakeChannel
 
 __all__ = ["EncodedEvent", "EventStore", "PreparedAppend", "check_limit", "prepare_appends"]
 
@@ -136,6 +138,7 @@ class EventStore(abc.ABC):
     """
 
     codec: EventCodec
+    _wakers: set[Callable[[], None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -242,3 +245,42 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
         """Streams ordered by id, after the id ``after``: for tools, not for hot paths."""
+
+    # -- following -----------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *,
+        after: int = 0,
+        types: Iterable[str] | None = None,
+        page_size: int = 1000,
+        poll_interval: float = 1.0,
+    ) -> Subscription:
+        """Follow the log after ``after``: catch up in pages, then wait for new commits.
+
+        Commits made through this store object wake the subscription at once; commits by
+        other processes are seen through the store's wake channel (PostgreSQL: LISTEN) or
+        within ``poll_interval``.
+        """
+        return Subscription(
+            self, after=after, types=types, page_size=page_size, poll_interval=poll_interval
+        )
+
+    def _wake_channel(self, wake: Callable[[], None]) -> WakeChannel | None:
+        """A channel that calls ``wake`` on other processes' commits (None: poll only)."""
+        return None
+
+    def _add_waker(self, wake: asyncio.Event) -> None:
+        if self._wakers is None:
+            self._wakers = set()
+        self._wakers.add(wake.set)
+
+    def _remove_waker(self, wake: asyncio.Event) -> None:
+        if self._wakers is not None:
+            self._wakers.discard(wake.set)
+
+    def _notify_local(self) -> None:
+        """Wake this store's subscriptions: something committed."""
+        if self._wakers:
+            for wake in list(self._wakers):
+                wake()

@@ -87,6 +87,7 @@ class MemoryEventStore(EventStore):
         for index, part in enumerate(prepared):
             if results[index] is None:
                 results[index] = self._write(part, now)
+        self._notify_local()
         return [result for result in results if result is not None]
 
     def _replayed(self, part: PreparedAppend) -> AppendResult | None:

@@ -18,10 +18,11 @@ from typing import Any, Final, Literal
 
 from obelisk.domain.events import Event
 from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
+from obelisk.store._envelopes import decode_envelopes, decode_payloads
 from obelisk.store._sqlite_schema import ensure_schema
 from obelisk.store._sqlite_writer import SQLiteWriter
 from obelisk.store.base import EventStore, check_limit, prepare_appends
-from obelisk.store.codec import EventCodec, JsonCodec, split_type_key
+from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import AppendRequest, AppendResult, StoredEvent, StreamInfo
 from obelisk.store.records import validate_stream_id as _valid
 
@@ -130,6 +131,7 @@ class SQLiteEventStore(EventStore):
             max_batch=self.max_batch,
             inline_solo_commits=self.inline_solo_commits,
             busy_timeout=self.busy_timeout,
+            on_commit=self._notify_local,
         )
         try:
             await asyncio.to_thread(writer.start)
@@ -221,23 +223,7 @@ class SQLiteEventStore(EventStore):
             raise StoreError(f"SQLite read failed: {exc}") from exc
 
     def _envelopes(self, rows: list[Any]) -> list[StoredEvent]:
-        codec = self.codec
-        fast = codec.fast_decoders
-        out: list[StoredEvent] = []
-        append = out.append
-        for pos, sid, ver, eid, key, data, at, corr, caus in rows:
-            decoder = fast.get(key) or codec.fast_decoder(key)
-            event = None
-            if decoder is not None:
-                try:
-                    event = decoder.decode(data)
-                except Exception:
-                    event = None  # decode() below raises CorruptEvent naming the row
-            if event is None:
-                type_name, schema_version = split_type_key(key)
-                event = codec.decode(type_name, schema_version, data, sid, ver, pos)
-            append(StoredEvent(pos, sid, ver, event, eid, at, corr, caus))
-        return out
+        return decode_envelopes(self.codec, rows)
 
     async def read_stream(
         self,
@@ -263,21 +249,12 @@ class SQLiteEventStore(EventStore):
             None,
         )
         rows = await self._fetch(sql, params)
-        codec = self.codec
-        fast = codec.fast_decoders
-        out: list[Event] = []
-        append = out.append
-        try:
-            for key, data in rows:
-                # The common row: a known type at its current schema, straight to a struct.
-                decoder = fast.get(key) or codec.fast_decoder(key)
-                if decoder is None:
-                    raise LookupError(key)
-                append(decoder.decode(data))
-        except Exception:
+        out = decode_payloads(self.codec, rows)
+        if len(out) < len(rows):
             # Slow path from the first row that is not the common case: decode() upcasts
             # and names stream, version and position in its errors, so the rest of the
             # range is read again with those columns.
+            codec = self.codec
             sql, params = _stream_query(
                 "SELECT position, version, event_type, schema_version, data FROM obelisk_events ",
                 stream_id,
@@ -285,10 +262,8 @@ class SQLiteEventStore(EventStore):
                 to_version,
                 None,
             )
-            for position, version, type_name, schema_version, data in await self._fetch(
-                sql, params
-            ):
-                append(codec.decode(type_name, schema_version, data, stream_id, version, position))
+            for pos, version, type_name, schema_version, data in await self._fetch(sql, params):
+                out.append(codec.decode(type_name, schema_version, data, stream_id, version, pos))
         return out
 
     async def read_all(

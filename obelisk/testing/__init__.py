@@ -9,7 +9,7 @@ dependencies: ``import obelisk`` never imports ``obelisk.testing``, so applicati
 not test with it do not need them.
 """
 
-from obelisk.testing._contract_base import ContractBase
+from obelisk.testing._contract_base import ContractBase, check_append_run, check_log_positions
 from obelisk.testing._events import (
     AliasRegistry,
     ContractDeposited,
@@ -39,5 +39,7 @@ __all__ = [
     "EventStoreContract",
     "EventStoreStateMachine",
     "StoreFactory",
+    "check_append_run",
+    "check_log_positions",
     "run_store_state_machine",
 ]

@@ -117,11 +117,12 @@ class AppendContract(ContractBase):
             with pytest.raises(ConcurrencyError) as missing:
                 await store.append("acct-1", deposits(1), 1)
             assert missing.value.actual == 0
-            await store.append("acct-1", deposits(1), NO_STREAM)
+            created = await store.append("acct-1", deposits(1), NO_STREAM)
             with pytest.raises(ConcurrencyError):
                 await store.append("acct-1", deposits(2), 5)
             assert await store.stream_version("acct-1") == 1
-            assert await store.last_position() == 1
+            at = self.assert_log_positions(await self.everything(store), 1)
+            assert await store.last_position() == at[1] == created.last_position
             assert [s.stream_id for s in await store.list_streams()] == ["acct-1"]
 
     # -- results and positions -----------------------------------------------------------
@@ -132,13 +133,17 @@ class AppendContract(ContractBase):
     ) -> None:
         async with self.open_store() as store:
             first = await store.append("acct-1", deposits(1, 2, 3), NO_STREAM)
-            assert first == AppendResult("acct-1", 3, 1, 3)
             second = await store.append("acct-2", deposits(4), NO_STREAM)
-            assert second == AppendResult("acct-2", 1, 4, 4)
             third = await store.append("acct-1", deposits(5, 6), 3)
-            assert third == AppendResult("acct-1", 5, 5, 6)
+            # at[k] is the k-th event's position: k itself when positions are contiguous.
+            at = self.assert_log_positions(await self.everything(store), 6)
+            assert first == AppendResult("acct-1", 3, at[1], at[3])
+            assert second == AppendResult("acct-2", 1, at[4], at[4])
+            assert third == AppendResult("acct-1", 5, at[5], at[6])
+            for result, count in ((first, 3), (second, 1), (third, 2)):
+                self.assert_append_run([result], [count])
             stored = await store.read_stream("acct-1", from_version=4)
-            assert [(e.version, e.position) for e in stored] == [(4, 5), (5, 6)]
+            assert [(e.version, e.position) for e in stored] == [(4, at[5]), (5, at[6])]
 
     @asyncio_test
     async def test_positions_are_global_contiguous_and_in_commit_order(self) -> None:
@@ -147,16 +152,18 @@ class AppendContract(ContractBase):
             for index in range(12):
                 stream = f"acct-{index % 3}"
                 results.append(await store.append(stream, deposits(index, index + 100)))
+            stored = await self.everything(store)
+            at = self.assert_log_positions(stored, 24)
             # Sequential awaits commit in call order, so positions follow it exactly.
             assert [(r.first_position, r.last_position) for r in results] == [
-                (2 * i + 1, 2 * i + 2) for i in range(12)
+                (at[2 * i + 1], at[2 * i + 2]) for i in range(12)
             ]
-            stored = await self.everything(store)
-            assert [e.position for e in stored] == list(range(1, 25))
+            for result in results:
+                self.assert_append_run([result], [2])
             assert [e.event for e in stored] == [
                 ContractDeposited(amount=a) for i in range(12) for a in (i, i + 100)
             ]
-            assert await store.last_position() == 24
+            assert await store.last_position() == at[24]
 
     # -- append_many ---------------------------------------------------------------------
 
@@ -175,13 +182,16 @@ class AppendContract(ContractBase):
             )
             assert [r.stream_id for r in results] == ["acct-c", "acct-b", "acct-a"]
             assert [r.version for r in results] == [1, 3, 1]
+            stored = await self.everything(store)
+            at = self.assert_log_positions(stored, 5)
             # The parts take one contiguous run of positions, in request order.
+            self.assert_append_run(results, [1, 2, 1])
             assert [(r.first_position, r.last_position) for r in results] == [
-                (2, 2),
-                (3, 4),
-                (5, 5),
+                (at[2], at[2]),
+                (at[3], at[4]),
+                (at[5], at[5]),
             ]
-            assert [(e.stream_id, e.version) for e in await self.everything(store)] == [
+            assert [(e.stream_id, e.version) for e in stored] == [
                 ("acct-b", 1),
                 ("acct-c", 1),
                 ("acct-b", 2),

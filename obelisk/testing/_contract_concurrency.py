@@ -22,7 +22,10 @@ _MAX_ATTEMPTS = 500  # far above what 50 writers need; only stops a livelocked s
 
 
 class ConcurrencyContract(ContractBase):
-    """Concurrent writers keep versions and positions gap-free and unique."""
+    """Concurrent writers keep versions gap-free and positions unique.
+
+    Positions are also gap-free when ``contiguous_positions`` is set.
+    """
 
     state_machine_settings: ClassVar[settings] = DEFAULT_SETTINGS
     """Override to run the state machine longer (a soak job) or shorter."""
@@ -63,6 +66,9 @@ class ConcurrencyContract(ContractBase):
                 assert result is not None
                 assert stored[result.version - 1].event == ContractDeposited(amount=amount)
                 assert stored[result.version - 1].position == result.first_position
+            # Every acknowledged event is in the log once, at the position its writer got.
+            at = self.assert_log_positions(await self.everything(store), writers)
+            assert sorted(r.first_position for r in successes) == at[1:]
 
     @asyncio_test
     async def test_concurrent_writers_to_many_streams_fill_every_position_once(self) -> None:
@@ -83,16 +89,20 @@ class ConcurrencyContract(ContractBase):
         async with self.open_store() as store:
             per_writer = await asyncio.gather(*(write_stream(store, i) for i in range(writers)))
             total = writers * appends * per_append
+            for results in per_writer:
+                for result in results:
+                    self.assert_append_run([result], [per_append])
             taken = sorted(
                 position
                 for results in per_writer
                 for result in results
                 for position in range(result.first_position, result.last_position + 1)
             )
-            assert taken == list(range(1, total + 1))
             stored = await self.everything(store)
-            assert [e.position for e in stored] == list(range(1, total + 1))
-            assert await store.last_position() == total
+            # Every position the writers were given holds one event, and no other does.
+            at = self.assert_log_positions(stored, total)
+            assert taken == at[1:]
+            assert await store.last_position() == at[-1]
             for index in range(writers):
                 sid = f"w-{index:02d}"
                 mine = [e for e in stored if e.stream_id == sid]
@@ -109,9 +119,15 @@ class ConcurrencyContract(ContractBase):
             results = await asyncio.gather(
                 *(store.append("once", deposits(1, 2), NO_STREAM, event_ids=ids) for _ in range(10))
             )
-            assert results == [AppendResult("once", 2, 1, 2)] * 10
-            assert [e.event_id for e in await self.everything(store)] == ids
+            stored = await self.everything(store)
+            at = self.assert_log_positions(stored, 2)
+            assert results == [AppendResult("once", 2, at[1], at[2])] * 10
+            assert [e.event_id for e in stored] == ids
 
     def test_the_store_matches_a_plain_python_model(self) -> None:
         # Synchronous on purpose: the machine runs its own event loop, one per example.
-        run_store_state_machine(self.create_store, settings=self.state_machine_settings)
+        run_store_state_machine(
+            self.create_store,
+            settings=self.state_machine_settings,
+            contiguous_positions=self.contiguous_positions,
+        )

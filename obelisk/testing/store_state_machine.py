@@ -5,6 +5,12 @@ streams with correct, stale, NO_STREAM, ANY and ahead-of-stream expected version
 to several streams at once, retry earlier appends with the same event ids and reuse those
 ids where they do not belong. After every step the store must read back exactly the model.
 
+The model numbers its log 1..n. A store whose positions are not contiguous (no global
+lock) is held to the same model through a map from model position to store position,
+learnt from the append results in order: each append must take one run of positions above
+every earlier one, and read_all must list exactly those positions. With
+``contiguous_positions`` the map must also be the identity.
+
 The store is async and hypothesis is not: each machine owns an ``asyncio.Runner`` and
 runs every step on it, so use this from a synchronous test. This module imports
 hypothesis (a development dependency); ``import obelisk`` never imports it.
@@ -36,7 +42,7 @@ from obelisk.domain.events import Event
 from obelisk.errors import ConcurrencyError, IdempotencyConflict
 from obelisk.store.base import EventStore
 from obelisk.store.records import ANY, NO_STREAM, AppendRequest, AppendResult, StoredEvent
-from obelisk.testing._contract_base import foreign_threads
+from obelisk.testing._contract_base import check_log_positions, foreign_threads
 from obelisk.testing._contract_idempotency import new_ids
 from obelisk.testing._events import ContractDeposited
 
@@ -99,6 +105,8 @@ class EventStoreStateMachine(RuleBasedStateMachine):
     :func:`run_store_state_machine`."""
 
     store_factory: ClassVar[StoreFactory | None] = None
+    contiguous_positions: ClassVar[bool] = True
+    """Demand store positions 1..n; see ``ContractBase.contiguous_positions``."""
     recorded = Bundle("recorded")
 
     def __init__(self) -> None:
@@ -119,6 +127,8 @@ class EventStoreStateMachine(RuleBasedStateMachine):
             self._runner.close()
             raise
         self._log: list[_Row] = []
+        # The store position of each model row, in model (read) order.
+        self._positions: list[int] = []
         self._versions: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self._amounts = itertools.count(1)
 
@@ -166,6 +176,33 @@ class EventStoreStateMachine(RuleBasedStateMachine):
             results.append(AppendResult(sid, self._versions[sid], first, len(self._log)))
         return results
 
+    def _learn_positions(
+        self, expected: list[AppendResult], results: list[AppendResult]
+    ) -> list[AppendResult]:
+        """Map the new model rows to the store's positions; the results the store owes.
+
+        The whole append takes one run of positions starting where the store's first
+        result says, above every earlier position (sequential appends commit in order).
+        ``expected`` numbers rows 1..n; the returned copy uses the store's numbers.
+        """
+        added = len(self._log) - len(self._positions)
+        assert results, "append_many returned no results"
+        start = results[0].first_position
+        assert not self._positions or start > self._positions[-1], (
+            f"an append took position {start}, not after {self._positions[-1]}"
+        )
+        if self.contiguous_positions:
+            assert start == len(self._positions) + 1, f"position {start} leaves a gap"
+        self._positions.extend(range(start, start + added))
+        return [
+            msgspec.structs.replace(
+                result,
+                first_position=self._positions[result.first_position - 1],
+                last_position=self._positions[result.last_position - 1],
+            )
+            for result in expected
+        ]
+
     def _attempt(self, requests: list[AppendRequest]) -> Any:
         if not self._accepts(requests):
             try:
@@ -174,7 +211,7 @@ class EventStoreStateMachine(RuleBasedStateMachine):
                 return multiple()
             raise AssertionError(f"a stale append was accepted: {requests}")
         results = self._append_many(requests)
-        assert results == self._apply(requests)
+        assert results == self._learn_positions(self._apply(requests), results)
         if all(r.event_ids is not None for r in requests):
             return RecordedAppend(tuple(requests), tuple(results))
         return multiple()
@@ -244,17 +281,25 @@ class EventStoreStateMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_global_log_matches_the_model(self) -> None:
-        """read_all lists the model's log: positions 1..n, no gap, same events and ids."""
+        """read_all lists the model's log at the positions the appends were given.
+
+        Positions are unique and increasing (1..n with no gap when the store promises
+        contiguous positions), with the same events and ids in the same order.
+        """
         stored = self._run(self._read_everything())
+        at = check_log_positions(
+            [e.position for e in stored], len(self._log), contiguous=self.contiguous_positions
+        )
+        assert at[1:] == self._positions
         assert [(e.position, e.stream_id, e.version, e.event) for e in stored] == [
-            (index, row.stream_id, row.version, row.event)
-            for index, row in enumerate(self._log, start=1)
+            (position, row.stream_id, row.version, row.event)
+            for position, row in zip(self._positions, self._log, strict=True)
         ]
         for item, row in zip(stored, self._log, strict=True):
             if row.event_id is not None:
                 assert item.event_id == row.event_id
         assert len({e.raw_event_id for e in stored}) == len(stored)
-        assert self._run(self._store.last_position()) == len(self._log)
+        assert self._run(self._store.last_position()) == at[-1]
 
     @invariant()
     def every_stream_matches_the_model(self) -> None:
@@ -273,16 +318,23 @@ class EventStoreStateMachine(RuleBasedStateMachine):
             out.extend(page)
 
 
-def run_store_state_machine(factory: StoreFactory, *, settings: settings | None = None) -> None:
+def run_store_state_machine(
+    factory: StoreFactory,
+    *,
+    settings: settings | None = None,
+    contiguous_positions: bool = True,
+) -> None:
     """Run :class:`EventStoreStateMachine` against the stores ``factory`` creates.
 
     Args:
         factory: returns a new, empty, opened store; called once per example.
         settings: hypothesis settings; :data:`DEFAULT_SETTINGS` when omitted.
+        contiguous_positions: demand positions 1..n; False for a store without a global
+            lock, whose positions are only unique, increasing and contiguous per append.
     """
     machine = type(
         "EventStoreModelTest",
         (EventStoreStateMachine,),
-        {"store_factory": staticmethod(factory)},
+        {"store_factory": staticmethod(factory), "contiguous_positions": contiguous_positions},
     )
     run_state_machine_as_test(machine, settings=settings or DEFAULT_SETTINGS)

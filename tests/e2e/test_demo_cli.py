@@ -206,7 +206,8 @@ def test_a_command_that_fails_during_the_run_fails_the_verification(
         (["--clients", "0"], "--clients"),
         (["--accounts", "0"], "--accounts"),
         (["--deposits", "-1"], "--deposits"),
-        (["--store", "postgres://nowhere"], "unsupported store URL"),
+        (["--store", "mysql://nowhere"], "unsupported store URL"),
+        (["--store", "postgresql://nowhere.invalid/db"], "PostgreSQL is unreachable"),
     ],
 )
 def test_a_run_that_cannot_start_exits_with_2_and_says_why(args: list[str], message: str) -> None:

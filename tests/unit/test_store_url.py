@@ -91,7 +91,9 @@ async def test_a_relative_url_opens_a_database_file_in_the_working_directory(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgres://localhost/db", "unsupported store URL"),
+        ("mysql://localhost/db", "unsupported store URL"),
+        ("postgresql://localhost/db?pool_max_size=many", "many"),
+        ("postgresql://localhost/db?schema=Bad-Name", "schema must be"),
         ("file:///tmp/x.db", "unsupported store URL"),
         ("x.db", "unsupported store URL"),
         ("", "unsupported store URL"),
@@ -109,6 +111,20 @@ async def test_a_relative_url_opens_a_database_file_in_the_working_directory(
 def test_a_bad_url_raises_value_error_saying_why(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         store_from_url(url)
+
+
+def test_a_postgresql_url_keeps_obelisk_options_and_passes_the_rest_to_the_driver() -> None:
+    from obelisk.store.postgres import PostgresEventStore
+
+    store = store_from_url(
+        "postgresql://u:p@db.example:6543/app?schema=sales&prefix=es_&pool_max_size=4"
+        "&max_in_flight=3&lock_timeout=2.5&codec=msgpack&sslmode=disable"
+    )
+    assert isinstance(store, PostgresEventStore)
+    assert (store.names.schema_name, store.names.prefix) == ("sales", "es_")
+    assert (store.pool_max_size, store.max_in_flight, store.lock_timeout) == (4, 3, 2.5)
+    assert store.codec.name == "msgpack"
+    assert store.dsn == "postgresql://u:p@db.example:6543/app?sslmode=disable"
 
 
 def test_the_error_for_an_unknown_option_names_every_unknown_option() -> None:

@@ -1,0 +1,58 @@
+"""Rows to events, shared by the SQL adapters: the fast path and its careful fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from obelisk.domain.events import Event
+from obelisk.store.codec import EventCodec, split_type_key
+from obelisk.store.records import StoredEvent
+
+__all__ = ["decode_envelopes", "decode_payloads"]
+
+
+def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[StoredEvent]:
+    """StoredEvents from rows of (position, stream_id, version, event_id bytes, type key,
+    data, recorded_at, correlation_id, causation_id).
+
+    The common row (a known type at its current schema) goes straight to its struct; any
+    other row goes through ``codec.decode``, which upcasts, or raises UnknownEventType /
+    CorruptEvent naming stream, version and position.
+    """
+    fast = codec.fast_decoders
+    out: list[StoredEvent] = []
+    append = out.append
+    for pos, sid, ver, eid, key, data, at, corr, caus in rows:
+        decoder = fast.get(key) or codec.fast_decoder(key)
+        event = None
+        if decoder is not None:
+            try:
+                event = decoder.decode(data)
+            except Exception:
+                event = None  # decode() below raises CorruptEvent naming the row
+        if event is None:
+            type_name, schema_version = split_type_key(key)
+            event = codec.decode(type_name, schema_version, data, sid, ver, pos)
+        append(StoredEvent(pos, sid, ver, event, eid, at, corr, caus))
+    return out
+
+
+def decode_payloads(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[Event]:
+    """Events from rows of (type key, data), stopping at the first uncommon row.
+
+    The caller reads the rest again with the columns ``codec.decode`` needs to upcast or
+    to name the row in its error: ``len(result) < len(rows)`` says that it must.
+    """
+    fast = codec.fast_decoders
+    out: list[Event] = []
+    append = out.append
+    try:
+        for key, data in rows:
+            decoder = fast.get(key) or codec.fast_decoder(key)
+            if decoder is None:
+                break
+            append(decoder.decode(data))
+    except Exception:
+        pass  # a corrupt payload: the slow path raises the named error
+    return out

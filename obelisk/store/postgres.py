@@ -1,0 +1,424 @@
+"""PostgresEventStore: the production store, on asyncpg with a connection pool.
+
+Writers never lock a table: each append locks only the head rows of its own streams, and
+group commit sends concurrent appends as one call of a server-side function (see
+``_pg_writer``). Readers stay gap-free without any timeout: positions carry the writing
+transaction's id, and ``read_all`` returns only positions below the oldest transaction
+still in flight (see ``_pg_schema``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from obelisk.domain.events import Event
+from obelisk.errors import StoreClosed, ValidationError
+from obelisk.store._envelopes import decode_envelopes, decode_payloads
+from obelisk.store._pg_import import ImportResult, ImportStopped, import_appends
+from obelisk.store._pg_schema import (
+    INDEX_BITS,
+    MAX_EVENTS_PER_TRANSACTION,
+    Names,
+    ensure_schema,
+)
+from obelisk.store._pg_writer import PostgresWriter, translate
+from obelisk.store.base import EventStore, check_limit, prepare_appends
+from obelisk.store.codec import EventCodec, JsonCodec
+from obelisk.store.records import AppendRequest, AppendResult, StoredEvent, StreamInfo
+from obelisk.store.records import validate_stream_id as _valid
+from obelisk.store.subscription import WakeChannel
+
+__all__ = ["ImportResult", "ImportStopped", "PostgresEventStore"]
+
+_log = logging.getLogger("obelisk.store.postgres")
+_TYPE_KEY: Final = (
+    "CASE schema_version WHEN 1 THEN event_type "
+    "ELSE event_type || chr(31) || schema_version::text END"
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Event ids travel as their 16 raw bytes both ways: no UUID objects per row.
+    await conn.set_type_codec(
+        "uuid",
+        schema="pg_catalog",
+        encoder=lambda value: value,
+        decoder=lambda value: value,
+        format="binary",
+    )
+
+
+class PostgresEventStore(EventStore):
+    """An event store in a PostgreSQL database (15 or newer).
+
+    Args:
+        dsn: a libpq connection URI, ``postgresql://user:password@host:port/database``.
+        schema: the PostgreSQL schema holding the tables (created if missing).
+        prefix: prefix of the table names; several stores can share one schema.
+        codec: payload format; a store keeps the codec it was created with.
+        pool_min_size / pool_max_size: the connection pool's bounds. Reads take one
+            connection each for the duration of a query; appends use at most
+            ``max_in_flight``.
+        max_in_flight: group-commit batches running at once (each on its own connection).
+        max_batch: the most appends in one batch.
+        statement_timeout / lock_timeout: server-side limits in seconds for every
+            statement (0 disables): no call waits forever on a stuck lock.
+        command_timeout: client-side limit in seconds for one call.
+        connect_timeout: seconds to wait for a new connection.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        prefix: str = "obelisk_",
+        codec: EventCodec | None = None,
+        pool_min_size: int = 2,
+        pool_max_size: int = 10,
+        max_in_flight: int = 2,
+        max_batch: int = 4096,
+        statement_timeout: float = 30.0,
+        lock_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.names = Names(schema, prefix)
+        if max_in_flight < 1 or pool_max_size < max_in_flight:
+            raise ValueError("need 1 <= max_in_flight <= pool_max_size")
+        if pool_min_size < 0 or pool_min_size > pool_max_size:
+            raise ValueError("need 0 <= pool_min_size <= pool_max_size")
+        self.dsn = dsn
+        self.codec = codec if codec is not None else JsonCodec()
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
+        self.command_timeout = command_timeout
+        self.connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._writer: PostgresWriter | None = None
+        self._opening = asyncio.Lock()
+        self._closed = False
+        self._notify_task: asyncio.Task[None] | None = None
+        self._notify_again = False
+        self._offset = 0
+        self._sql: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        n = self.names
+        return f"PostgresEventStore(schema={n.schema_name!r}, prefix={n.prefix!r})"
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel that wakes this store's subscribers after commits."""
+        return self.names.channel
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def server_settings(self) -> dict[str, str]:
+        """Session settings every connection of this store runs with."""
+        return {
+            "application_name": "obelisk",
+            "statement_timeout": str(int(self.statement_timeout * 1000)),
+            "lock_timeout": str(int(self.lock_timeout * 1000)),
+        }
+
+    async def connect(self) -> asyncpg.Connection:
+        """A new connection with this store's settings, outside the pool (subscribers)."""
+        try:
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+                server_settings=self.server_settings(),
+            )
+        except Exception as exc:
+            raise translate(exc, "connecting") from exc
+        await _init_connection(conn)
+        return conn
+
+    async def open(self) -> None:
+        async with self._opening:
+            if self._closed:
+                raise StoreClosed(f"{self!r} is closed; create a new store to reopen it")
+            if self._pool is not None:
+                return
+            try:
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self.pool_min_size,
+                    max_size=self.pool_max_size,
+                    timeout=self.connect_timeout,
+                    command_timeout=self.command_timeout,
+                    server_settings=self.server_settings(),
+                    init=_init_connection,
+                )
+            except Exception as exc:
+                raise translate(exc, "connecting") from exc
+            try:
+                async with pool.acquire() as conn:
+                    self._offset = await ensure_schema(conn, self.names, self.codec.name)
+            except BaseException:
+                await pool.close()
+                raise
+            self._prepare_sql()
+            self._pool = pool
+            self._writer = PostgresWriter(
+                pool,
+                self.names,
+                max_in_flight=self.max_in_flight,
+                max_batch=self.max_batch,
+                on_commit=self._committed,
+            )
+
+    async def close(self) -> None:
+        self._closed = True
+        writer, pool = self._writer, self._pool
+        if writer is not None:
+            writer.close()
+            await writer.drain()
+        if self._notify_task is not None:
+            await asyncio.gather(self._notify_task, return_exceptions=True)
+        self._writer = self._pool = None
+        if pool is not None:
+            await pool.close()
+
+    def terminate(self) -> None:
+        self._closed = True
+        writer, pool = self._writer, self._pool
+        self._writer = self._pool = None
+        if writer is not None:
+            writer.terminate()
+        if self._notify_task is not None:
+            self._notify_task.cancel()
+        if pool is not None:
+            pool.terminate()
+
+    def _live_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreClosed(f"{self!r} is not open (use `async with store:` or `open()`)")
+        return self._pool
+
+    # -- notifying subscribers -----------------------------------------------------------
+
+    def _committed(self) -> None:
+        # NOTIFY from the append transaction itself would make every commit take the
+        # database-wide notify lock; one NOTIFY after the fact, coalesced, never does.
+        self._notify_local()
+        if self._notify_task is None or self._notify_task.done():
+            self._notify_task = asyncio.get_running_loop().create_task(self._send_notify())
+        else:
+            self._notify_again = True
+
+    async def _send_notify(self) -> None:
+        while True:
+            self._notify_again = False
+            pool = self._pool
+            if pool is None:
+                return
+            try:
+                await pool.execute("SELECT pg_notify($1, '')", self.channel)
+            except Exception as exc:  # subscribers still poll: log, never fail an append
+                _log.warning("NOTIFY after commit failed: %s", exc)
+            if not self._notify_again:
+                return
+
+    def _wake_channel(self, wake: Callable[[], None]) -> WakeChannel:
+        return _Listener(self, wake)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append_many(self, requests: Sequence[AppendRequest]) -> asyncio.Future[list[AppendResult]]:
+        if self._writer is None:
+            raise StoreClosed(f"{self!r} is not open")
+        parts = prepare_appends(requests, self.codec)
+        count = sum(len(part.events) for part in parts)
+        if count > MAX_EVENTS_PER_TRANSACTION:
+            raise ValidationError(
+                f"an append holds at most {MAX_EVENTS_PER_TRANSACTION} events on PostgreSQL "
+                f"(got {count}); split it, or use import_events for bulk loads"
+            )
+        return self._writer.submit(parts)
+
+    def when_settled(self, append: Awaitable[object], callback: Callable[[], None]) -> bool:
+        writer = self._writer
+        return writer is not None and writer.when_settled(append, callback)
+
+    async def import_events(
+        self,
+        requests: Iterable[AppendRequest] | AsyncIterable[AppendRequest],
+        *,
+        chunk_events: int = MAX_EVENTS_PER_TRANSACTION,
+    ) -> ImportResult:
+        """Bulk-load appends with COPY, in order, one transaction per chunk of events.
+
+        Expected versions are checked as for ``append`` (against the heads earlier
+        requests of the import left). Raises ImportStopped, which carries what earlier
+        chunks committed, when a check or the server fails; the failing chunk is rolled
+        back whole.
+        """
+        pool = self._live_pool()
+        try:
+            async with pool.acquire() as conn:
+                result = await import_appends(
+                    conn, self.names, self._offset, self.codec, requests,
+                    chunk_events=chunk_events,
+                )  # fmt: skip
+        except ImportStopped as exc:
+            if exc.committed.events:
+                self._committed()
+            raise
+        if result.events:
+            self._committed()
+        return result
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _prepare_sql(self) -> None:
+        n = self.names
+        envelope = (
+            f"SELECT position, stream_id, version, event_id, {_TYPE_KEY}, data, recorded_at, "
+            f"correlation_id, causation_id FROM {n.events} "
+        )
+        # Everything below the oldest transaction still running is final: nothing can
+        # commit there any more (see _pg_schema for why this makes reads gap-free).
+        bound = (
+            f"((pg_snapshot_xmin(pg_current_snapshot())::text::bigint + {self._offset}) "
+            f"<< {INDEX_BITS})"
+        )
+        self._sql = {
+            "stream": envelope + "WHERE stream_id = $1 AND version >= $2 AND version <= $3 "
+            "ORDER BY version LIMIT $4",
+            "stream_payloads": f"SELECT {_TYPE_KEY}, data FROM {n.events} "
+            "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+            "stream_slow": f"SELECT position, version, event_type, schema_version, data "
+            f"FROM {n.events} WHERE stream_id = $1 AND version >= $2 AND version <= $3 "
+            "ORDER BY version",
+            "all": envelope + f"WHERE position > $1 AND position < {bound} "
+            "ORDER BY position LIMIT $2",
+            "all_types": envelope + f"WHERE position > $1 AND position < {bound} "
+            "AND event_type = ANY($3::text[]) ORDER BY position LIMIT $2",
+            "last": f"SELECT coalesce(max(position), 0) FROM {n.events} WHERE position < {bound}",
+            "version": f"SELECT version FROM {n.streams} WHERE stream_id = $1",
+            "streams": f"SELECT stream_id, stream_type, version FROM {n.streams} "
+            "WHERE stream_id > $1 AND version > 0 ORDER BY stream_id LIMIT $2",
+        }
+
+    async def _fetch(self, key: str, *args: Any) -> list[Any]:
+        pool = self._live_pool()
+        try:
+            return await pool.fetch(self._sql[key], *args)
+        except asyncpg.exceptions.DataError as exc:
+            raise ValidationError(f"PostgreSQL refused a read argument: {exc}") from exc
+        except Exception as exc:
+            raise translate(exc, "reading") from exc
+
+    async def read_stream(
+        self,
+        stream_id: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        check_limit(limit)
+        rows = await self._fetch(
+            "stream", _valid(stream_id), from_version, _upper(to_version), limit
+        )
+        return decode_envelopes(self.codec, rows)
+
+    async def read_stream_events(
+        self, stream_id: str, *, from_version: int = 1, to_version: int | None = None
+    ) -> list[Event]:
+        from_version = max(from_version, 1)
+        upper = _upper(to_version)
+        rows = await self._fetch("stream_payloads", _valid(stream_id), from_version, upper)
+        out = decode_payloads(self.codec, rows)
+        if len(out) < len(rows):
+            # From the first uncommon row on: read again with what decode() needs to
+            # upcast, or to name the stream, version and position of a bad row.
+            codec = self.codec
+            slow = await self._fetch("stream_slow", stream_id, from_version + len(out), upper)
+            for pos, version, type_name, schema_version, data in slow:
+                out.append(codec.decode(type_name, schema_version, data, stream_id, version, pos))
+        return out
+
+    async def read_all(
+        self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+    ) -> list[StoredEvent]:
+        check_limit(limit)
+        if types is None:
+            rows = await self._fetch("all", after, limit)
+        else:
+            rows = await self._fetch("all_types", after, limit, list(types))
+        return decode_envelopes(self.codec, rows)
+
+    async def last_position(self) -> int:
+        rows = await self._fetch("last")
+        return int(rows[0][0])
+
+    async def stream_version(self, stream_id: str) -> int:
+        rows = await self._fetch("version", _valid(stream_id))
+        return int(rows[0][0]) if rows else 0
+
+    async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
+        check_limit(limit)
+        rows = await self._fetch("streams", after or "", limit)
+        # Versions count from 1 with no holes, so a stream's version is its event count.
+        return [StreamInfo(sid, stype, version, version) for sid, stype, version in rows]
+
+
+class _Listener:
+    """A subscription's LISTEN connection: NOTIFY after any commit wakes it.
+
+    Its own connection (not the pool's): a dropped connection is noticed by asyncpg's
+    termination callback, which wakes the subscription so that it reconnects at once;
+    until it has, the subscription polls.
+    """
+
+    def __init__(self, store: PostgresEventStore, wake: Callable[[], None]) -> None:
+        self._store = store
+        self._wake = wake
+        self._conn: asyncpg.Connection | None = None
+        self.connects = 0
+
+    async def ensure(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            return
+        self._conn = None
+        conn = await self._store.connect()
+        try:
+            await conn.add_listener(self._store.channel, self._notified)
+        except Exception as exc:
+            conn.terminate()
+            raise translate(exc, "subscribing to commit notifications") from exc
+        conn.add_termination_listener(self._lost)
+        self._conn = conn
+        self.connects += 1
+
+    def _notified(self, *_: object) -> None:
+        self._wake()
+
+    def _lost(self, *_: object) -> None:
+        self._wake()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:
+                conn.terminate()
+
+
+def _upper(to_version: int | None) -> int:
+    return to_version if to_version is not None else (1 << 62)
