@@ -10,7 +10,7 @@ import msgspec
 from obelisk.store.base import PreparedAppend
 from obelisk.store.records import AppendResult
 
-__all__ = ["WriteJob", "fail", "find_job", "settle"]
+__all__ = ["WriteJob", "fail", "on_settled", "settle"]
 
 
 class WriteJob(msgspec.Struct):
@@ -50,9 +50,12 @@ def settle(jobs: list[WriteJob]) -> None:
                     )
 
 
-def find_job(jobs: list[WriteJob], future: object) -> WriteJob | None:
-    """The job whose future is ``future``, if it is among ``jobs``."""
+def on_settled(jobs: list[WriteJob], future: object, callback: Callable[[], None]) -> bool:
+    """Call ``callback`` when the job of ``future`` settles; False if it is not pending."""
     for job in jobs:
         if job.future is future:
-            return job
-    return None
+            if job.on_settled is None:
+                job.on_settled = []
+            job.on_settled.append(callback)
+            return True
+    return False

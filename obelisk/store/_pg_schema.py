@@ -58,6 +58,8 @@ class Names:
                 f"schema must be 1-40 lower-case letters, digits or underscores, "
                 f"starting with a letter or underscore; got {schema!r}"
             )
+        if schema.startswith("pg_"):
+            raise ValidationError("schema names starting with pg_ are reserved by PostgreSQL")
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise ValidationError(
                 f"table prefix must be 1-20 lower-case letters, digits or underscores, "

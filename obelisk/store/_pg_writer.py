@@ -34,7 +34,7 @@ from obelisk.errors import (
     StoreUnavailable,
 )
 from obelisk.store._idempotency import replayed_result
-from obelisk.store._jobs import WriteJob, fail, find_job, settle
+from obelisk.store._jobs import WriteJob, fail, on_settled, settle
 from obelisk.store._pg_schema import MAX_EVENTS_PER_TRANSACTION, AnyConnection, Names
 from obelisk.store.base import PreparedAppend
 from obelisk.store.records import ANY, AppendResult
@@ -58,6 +58,13 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# A statement cancelled by statement_timeout, or a lock not granted within lock_timeout.
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
+)
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` means the server or the connection went away (not a data error)."""
     return isinstance(exc, _CONNECTION_ERRORS)
@@ -67,7 +74,7 @@ def translate(exc: BaseException, doing: str) -> StoreError:
     """The obelisk error for a failed PostgreSQL call, with the driver's error as cause."""
     if isinstance(exc, TimeoutError):
         error: StoreError = StoreUnavailable(f"PostgreSQL did not answer in time while {doing}")
-    elif isinstance(exc, asyncpg.exceptions.QueryCanceledError):
+    elif isinstance(exc, _TIMEOUT_ERRORS):
         error = StoreUnavailable(
             f"PostgreSQL cancelled the statement while {doing} (statement or lock timeout): "
             f"{exc}"
@@ -136,13 +143,7 @@ class PostgresWriter:
         pending = list(self._gathered)
         for jobs in self._running:
             pending.extend(jobs)
-        job = find_job(pending, future)
-        if job is None:
-            return False
-        if job.on_settled is None:
-            job.on_settled = []
-        job.on_settled.append(callback)
-        return True
+        return on_settled(pending, future, callback)
 
     async def drain(self) -> None:
         """Wait until everything submitted so far has settled."""
@@ -370,6 +371,8 @@ def _judge(jobs: list[WriteJob], parts: list[PreparedAppend], rows: list[Any]) -
 
 
 def _data_error(exc: BaseException) -> ObeliskError:
+    if isinstance(exc, _TIMEOUT_ERRORS):
+        return translate(exc, "committing an append")
     if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
         error: ObeliskError = IdempotencyConflict(
             "an event id of this append is already stored by another append"

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from obelisk.errors import StoreClosed, StoreError
-from obelisk.store._jobs import find_job, settle
+from obelisk.store._jobs import on_settled, settle
 from obelisk.store._sqlite_batch import (
     HeadCache,
     Staged,
@@ -134,13 +134,7 @@ class SQLiteWriter:
         jobs = list(self._gathered)
         if self._in_flight is not None:
             jobs.extend(self._in_flight)
-        job = find_job(jobs, future)
-        if job is None:
-            return False
-        if job.on_settled is None:
-            job.on_settled = []
-        job.on_settled.append(callback)
-        return True
+        return on_settled(jobs, future, callback)
 
     @property
     def idle_connection(self) -> sqlite3.Connection | None:

@@ -17,7 +17,7 @@ from typing import Any, Final
 import asyncpg
 
 from obelisk.domain.events import Event
-from obelisk.errors import StoreClosed, ValidationError
+from obelisk.errors import ObeliskError, StoreClosed, ValidationError
 from obelisk.store._envelopes import decode_envelopes, decode_payloads
 from obelisk.store._pg_import import ImportResult, ImportStopped, import_appends
 from obelisk.store._pg_schema import (
@@ -140,9 +140,9 @@ class PostgresEventStore(EventStore):
                 command_timeout=self.command_timeout,
                 server_settings=self.server_settings(),
             )
+            await _init_connection(conn)
         except Exception as exc:
             raise translate(exc, "connecting") from exc
-        await _init_connection(conn)
         return conn
 
     async def open(self) -> None:
@@ -166,8 +166,10 @@ class PostgresEventStore(EventStore):
             try:
                 async with pool.acquire() as conn:
                     self._offset = await ensure_schema(conn, self.names, self.codec.name)
-            except BaseException:
+            except BaseException as exc:
                 await pool.close()
+                if isinstance(exc, Exception) and not isinstance(exc, ObeliskError):
+                    raise translate(exc, "creating or checking the schema") from exc
                 raise
             self._prepare_sql()
             self._pool = pool
@@ -181,6 +183,7 @@ class PostgresEventStore(EventStore):
 
     async def close(self) -> None:
         self._closed = True
+        self._notify_local()  # subscriptions notice the closed store at once
         writer, pool = self._writer, self._pool
         if writer is not None:
             writer.close()

@@ -118,32 +118,40 @@ class Subscription:
         self.store._add_waker(self._wake)
         self._channel = self.store._wake_channel(self.wake)
         backoff = 0.05
-        while not self._closed:
-            self._wake.clear()  # before reading: a commit during the read wakes us again
-            try:
-                if self._channel is not None:
-                    try:
-                        await self._channel.ensure()
-                    except StoreError as exc:  # polling covers for it until it is back
-                        _log.warning("subscription wake channel down, polling: %s", exc)
-                page = await self.store.read_all(
-                    after=self.position, limit=self.page_size, types=self.types
-                )
-            except StoreClosed:
-                raise
-            except StoreError as exc:
-                self.errors += 1
-                _log.warning("subscription read failed, retrying in %.2fs: %s", backoff, exc)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.poll_interval)
-                continue
-            backoff = 0.05
-            self.reads += 1
-            if page:
-                self.position = page[-1].position
-                yield page
-                continue  # more may be waiting
-            await self._sleep(self.poll_interval)
+        try:
+            while not self._closed:
+                self._wake.clear()  # before reading: a commit during the read wakes us again
+                try:
+                    if self._channel is not None:
+                        try:
+                            await self._channel.ensure()
+                        except StoreError as exc:  # polling covers for it until it is back
+                            _log.warning("subscription wake channel down, polling: %s", exc)
+                    page = await self.store.read_all(
+                        after=self.position, limit=self.page_size, types=self.types
+                    )
+                except StoreClosed:
+                    raise
+                except StoreError as exc:
+                    self.errors += 1
+                    _log.warning("subscription read failed, retrying in %.2fs: %s", backoff, exc)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, self.poll_interval)
+                    continue
+                backoff = 0.05
+                self.reads += 1
+                if page:
+                    self.position = page[-1].position
+                    yield page
+                    continue  # more may be waiting
+                await self._sleep(self.poll_interval)
+        finally:
+            # However the iteration ends (closed store, consumer stopped), the LISTEN
+            # connection goes with it.
+            self.store._remove_waker(self._wake)
+            if self._channel is not None:
+                channel, self._channel = self._channel, None
+                await channel.close()
 
     async def _sleep(self, seconds: float) -> None:
         try:
