@@ -43,7 +43,11 @@ def demo(
 @app.command()
 def bench(
     store: Annotated[
-        str, typer.Option(help="Backend: sqlite, or a sqlite:///path URL.")
+        str,
+        typer.Option(
+            help="Backend: sqlite, a sqlite:///folder URL, a postgresql://user@host:port/db "
+            "server (a fresh schema per run), or postgresql://auto (a throwaway server)."
+        ),
     ] = "sqlite",
     workload: Annotated[
         list[str] | None, typer.Option("--workload", "-w", help="Run only these ids (repeatable).")

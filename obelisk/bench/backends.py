@@ -1,8 +1,10 @@
 """Backends the benchmark runs on: where fresh databases come from, obelisk's store for
 them, and the raw-driver baseline that does the same work.
 
-Adding a backend (PostgreSQL next) means one :class:`Backend` subclass here, its
+Adding a backend means one :class:`Backend` subclass, its
 :class:`~obelisk.bench.baseline.RawBaseline`, and one branch in :func:`backend_from_option`.
+PostgreSQL's lives in :mod:`obelisk.bench.pg_backend`, imported only when asked for, so the
+bench runs on SQLite without asyncpg installed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import abc
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from obelisk.bench.baseline import RawBaseline
@@ -33,9 +36,32 @@ class Backend(abc.ABC):
     name: str
     raw: RawBaseline
 
+    async def start(self) -> None:  # noqa: B027 - only backends with a server override it
+        """Get ready to run: start or reach the server. BenchError if it cannot."""
+
+    async def stop(self) -> None:  # noqa: B027 - only backends that own resources override it
+        """Release what the backend holds (temporary folders, connections, a server).
+
+        Safe after a failed or partial :meth:`start`, and safe to call twice.
+        """
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     @abc.abstractmethod
     def describe(self) -> str:
-        """A one-line description for reports (engine version, durability setting)."""
+        """A one-line description for reports (engine version, durability setting).
+
+        Valid once :meth:`start` has returned.
+        """
 
     @abc.abstractmethod
     def fresh(self, label: str) -> str:
@@ -46,15 +72,16 @@ class Backend(abc.ABC):
         """An unopened obelisk event store on ``location``."""
 
     @abc.abstractmethod
-    def discard(self, location: str) -> None:
+    async def discard(self, location: str) -> None:
         """Delete the database at ``location`` (after its run)."""
 
     def group_commit_counters(self, store: EventStore) -> tuple[int, int] | None:
-        """``(batches, jobs)`` committed so far by ``store``, if it keeps such counters."""
-        return None
-
-    def close(self) -> None:  # noqa: B027 - only backends that own resources override it
-        """Release what the backend holds (temporary folders)."""
+        """``(batches, jobs)`` committed so far by ``store``, if its writer keeps counters."""
+        # The writers' counters are private; reading them is cheap and only for reports.
+        writer = getattr(store, "_writer", None)
+        if writer is None:
+            return None
+        return int(writer.batches), int(writer.jobs)
 
 
 class SQLiteBackend(Backend):
@@ -95,24 +122,21 @@ class SQLiteBackend(Backend):
         # A counter keeps names unique even if a run's label repeats.
         self._count += 1
         path = self.folder / f"{self.prefix}-{self._count:03d}-{label}.db"
-        self.discard(str(path))
+        self._remove(str(path))
         return str(path)
 
     def make_store(self, location: str) -> EventStore:
         return SQLiteEventStore(location, synchronous=self.synchronous)
 
-    def discard(self, location: str) -> None:
+    async def discard(self, location: str) -> None:
+        self._remove(location)
+
+    @staticmethod
+    def _remove(location: str) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(location + suffix).unlink(missing_ok=True)
 
-    def group_commit_counters(self, store: EventStore) -> tuple[int, int] | None:
-        # The writer's counters are private; reading them is cheap and only for reports.
-        writer = getattr(store, "_writer", None)
-        if writer is None:
-            return None
-        return int(writer.batches), int(writer.jobs)
-
-    def close(self) -> None:
+    async def stop(self) -> None:
         if self._own_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -122,18 +146,34 @@ def backend_from_option(option: str) -> Backend:
 
     Accepted: ``sqlite`` (files in a temporary folder), ``sqlite:///folder`` or
     ``sqlite:///folder/name.db`` (files in that folder, named after ``name``), with an
-    optional ``?synchronous=FULL|NORMAL``.
+    optional ``?synchronous=FULL|NORMAL``; ``postgresql://user@host:port/database`` (a
+    server to create throwaway schemas in) or ``postgresql://auto`` (a throwaway server
+    started and stopped by the bench), see :func:`obelisk.bench.pg_backend.postgres_backend`.
     """
     text = option.strip()
     lowered = text.lower()
     if lowered == "sqlite":
         return SQLiteBackend()
-    if lowered.startswith(("postgres", "postgresql")):
-        raise BenchError("PostgreSQL benchmarks are not available yet; use --store sqlite for now")
+    if lowered in ("postgres", "postgresql"):
+        raise BenchError(
+            f"--store {text}: name a server (postgresql://user@host:port/database), or write "
+            "postgresql://auto to have the bench start a throwaway one"
+        )
+    if lowered.startswith(("postgres://", "postgresql://")):
+        try:
+            from obelisk.bench.pg_backend import postgres_backend
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise BenchError(
+                f"PostgreSQL benchmarks need asyncpg: pip install 'obelisk[postgres]' ({exc})"
+            ) from exc
+        return postgres_backend(text)
     if lowered.startswith("memory"):
         raise BenchError("the memory store has no raw driver to compare against; use sqlite")
     if not lowered.startswith("sqlite:"):
-        raise BenchError(f"unsupported --store {option!r}: use 'sqlite' or 'sqlite:///folder'")
+        raise BenchError(
+            f"unsupported --store {option!r}: use 'sqlite', 'sqlite:///folder', "
+            "'postgresql://user@host/db' or 'postgresql://auto'"
+        )
     parts = urlsplit(text)
     if parts.netloc:
         raise BenchError(f"{option!r}: write sqlite:///relative/folder or sqlite:////abs/folder")

@@ -1,6 +1,7 @@
 """The raw-driver baseline port: the same database work as obelisk, with nothing on top.
 
-Each backend implements it with its plain driver (``sqlite3`` for SQLite). The runner
+Each backend implements it with its plain driver (``sqlite3`` for SQLite, asyncpg for
+PostgreSQL). The runner
 prepares every database with obelisk's own store first (schema and seed rows, untimed),
 so both sides start from identical files and the baseline only does the timed work.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from obelisk.bench.measure import Sample
+from obelisk.bench.measure import BenchError, Sample
+from obelisk.domain.events import Event
 
 __all__ = ["RawBaseline"]
 
@@ -50,3 +52,13 @@ class RawBaseline(abc.ABC):
 
         Done ``passes`` times; ``result`` is ``{stream_id: balance}`` of the last pass.
         """
+
+    async def copy_events(
+        self, location: str, appends: Sequence[tuple[str, Sequence[Event]]]
+    ) -> Sample:
+        """Bulk-load the events of ``(stream_id, events)`` pairs with the driver's fastest path.
+
+        Versions count from 1 in each stream. ``result`` is ``(rows, streams)`` in the
+        database afterwards. Only backends with a bulk path (PostgreSQL's COPY) have it.
+        """
+        raise BenchError(f"{type(self).__name__} has no bulk load")

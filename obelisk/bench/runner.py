@@ -14,13 +14,16 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from obelisk.application import Application
 from obelisk.bench.backends import Backend, backend_from_option
 from obelisk.bench.measure import BenchError, Sample, VerificationFailed
 from obelisk.bench.workloads import WORKLOADS, Workload
 from obelisk.demo.bank import register_bank_handlers
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "SCALE_ENV",
@@ -43,7 +46,9 @@ class WorkloadResult:
     """The summary of one workload: obelisk's figures, the raw driver's, their ratio.
 
     ``ratio_to_raw`` is obelisk's speed over raw's, so higher is better for every unit:
-    ``median / raw_median`` for rates, ``raw_median / median`` for times.
+    ``median / raw_median`` for rates, ``raw_median / median`` for times. A result meets
+    its target when the ratio reaches ``target_ratio`` and the median reaches
+    ``target_value`` (either may be None: no such target).
     """
 
     workload: str
@@ -57,8 +62,9 @@ class WorkloadResult:
     repeat: int
     samples: list[float]
     raw_samples: list[float]
-    target_ratio: float
+    target_ratio: float | None
     extra: dict[str, float] = field(default_factory=dict)
+    target_value: float | None = None
 
     @property
     def median(self) -> float:
@@ -76,7 +82,13 @@ class WorkloadResult:
 
     @property
     def meets_target(self) -> bool:
-        return self.ratio_to_raw >= self.target_ratio
+        if self.target_ratio is not None and self.ratio_to_raw < self.target_ratio:
+            return False
+        if self.target_value is None:
+            return True
+        if self.higher_is_better:
+            return self.median >= self.target_value
+        return self.median <= self.target_value
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dict (the ``--json`` output's items)."""
@@ -98,6 +110,7 @@ class WorkloadResult:
             "raw_max": _round(max(self.raw_samples)),
             "ratio_to_raw": round(self.ratio_to_raw, 3),
             "target_ratio": self.target_ratio,
+            "target_value": self.target_value,
             "meets_target": self.meets_target,
             "samples": [_round(v) for v in self.samples],
             "raw_samples": [_round(v) for v in self.raw_samples],
@@ -150,12 +163,19 @@ async def run_bench(
 ) -> list[WorkloadResult]:
     """Run each workload ``repeat`` times on each side and summarise it.
 
+    ``backend`` must be started (``async with backend:``). Workloads the backend cannot
+    run (``bulk`` off PostgreSQL) are skipped with a progress note.
+
     Raises:
         VerificationFailed: a run did not do the work it was timed for.
     """
     say = progress or (lambda _message: None)
     results: list[WorkloadResult] = []
     for workload in workloads:
+        reason = workload.skip_reason(backend.name)
+        if reason is not None:
+            say(f"{workload.id} skipped: {reason}")
+            continue
         ours: list[Sample] = []
         raws: list[Sample] = []
         for rep in range(1, repeat + 1):
@@ -167,13 +187,14 @@ async def run_bench(
                 try:
                     sample = await run(backend, workload, location)
                 finally:
-                    backend.discard(location)
+                    await backend.discard(location)
                 samples.append(sample)
                 say(
                     f"{workload.id} run {rep}/{repeat} {side:>7}: "
                     f"{workload.value(sample):,.2f} {workload.unit}"
                 )
         extra: dict[str, float] = {}
+        target = workload.target(backend.name)
         for key in sorted({key for sample in ours for key in sample.extra}):
             extra[key] = statistics.median(s.extra[key] for s in ours if key in s.extra)
         results.append(
@@ -189,7 +210,8 @@ async def run_bench(
                 repeat=repeat,
                 samples=[workload.value(s) for s in ours],
                 raw_samples=[workload.value(s) for s in raws],
-                target_ratio=workload.target_ratio,
+                target_ratio=target.ratio,
+                target_value=target.value,
                 extra=extra,
             )
         )
@@ -203,16 +225,16 @@ def parse_workload_ids(ids: Sequence[str] | None) -> list[str]:
     """
     if not ids:
         return list(WORKLOADS)
+    by_folded = {name.casefold(): name for name in WORKLOADS}
     wanted: set[str] = set()
     for item in ids:
         for part in item.split(","):
-            name = part.strip().upper()
-            if not name:
+            text = part.strip()
+            if not text:
                 continue
-            if name not in WORKLOADS:
-                raise BenchError(
-                    f"unknown workload {part.strip()!r}; choose from {', '.join(WORKLOADS)}"
-                )
+            name = by_folded.get(text.casefold())
+            if name is None:
+                raise BenchError(f"unknown workload {text!r}; choose from {', '.join(WORKLOADS)}")
             wanted.add(name)
     if not wanted:
         raise BenchError(f"no workload named; choose from {', '.join(WORKLOADS)}")
@@ -261,16 +283,29 @@ def run_bench_cli(
         return 2
     try:
         chosen = [WORKLOADS[name](scale) for name in ids]
-        description = backend.describe()
-        err.print(f"obelisk bench on {description}", highlight=False)
-        results = asyncio.run(run_bench(backend, chosen, repeats, progress=report.progress(err)))
+        results, description = asyncio.run(_run_started(backend, chosen, repeats, err))
     except VerificationFailed as exc:
         err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
         return 1
-    finally:
-        backend.close()
+    except BenchError as exc:  # the backend could not start (no server, refused, ...)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
     if json_output:
         sys.stdout.write(report.to_json(results) + "\n")
     else:
-        report.print_table(results, description)
+        skipped = [w for w in chosen if w.skip_reason(backend.name) is not None]
+        report.print_table(results, description, skipped=skipped, backend_name=backend.name)
     return 0
+
+
+async def _run_started(
+    backend: Backend, workloads: Sequence[Workload], repeat: int, err: Console
+) -> tuple[list[WorkloadResult], str]:
+    """Start the backend, run, and stop it again whatever happens."""
+    from obelisk.bench import report
+
+    async with backend:
+        description = backend.describe()
+        err.print(f"obelisk bench on {description}", highlight=False)
+        results = await run_bench(backend, workloads, repeat, progress=report.progress(err))
+    return results, description

@@ -138,7 +138,13 @@ CREATE OR REPLACE FUNCTION {n.append}(
     p_correlation text[], p_causation text[],
     e_part integer[], e_id uuid[], e_type text[], e_schema integer[], e_data bytea[]
 ) RETURNS TABLE (ok boolean, version bigint, first_position bigint)
-LANGUAGE plpgsql AS $body$
+LANGUAGE plpgsql
+-- Every lookup here is by key. A new store's tables have no statistics yet, and the planner
+-- then picks sequential scans of the streams table on every call (measured: 0.55 ms instead
+-- of 0.22 ms per one-event append, growing with the number of streams).
+SET enable_seqscan = off
+AS $body$
+#variable_conflict use_column
 DECLARE
     r_ok boolean[];
     r_version bigint[];
@@ -153,7 +159,9 @@ BEGIN
                (u.e = -1 OR u.e = h.version) AS passes
         FROM unnest(p_stream, p_expected, p_job, p_correlation, p_causation)
              WITH ORDINALITY AS u(s, e, j, c, k, part)
-        JOIN {n.streams} h ON h.stream_id = u.s
+        CROSS JOIN LATERAL (
+            SELECT st.version FROM {n.streams} st WHERE st.stream_id = u.s
+        ) AS h
     ), jobs AS (
         SELECT j, bool_and(passes) AS ok FROM parts GROUP BY j
     ), judged AS (
@@ -184,8 +192,8 @@ BEGIN
         WHERE h.stream_id = d.s
         RETURNING 1
     ), dropped AS (
-        DELETE FROM {n.streams} h USING judged d
-        WHERE h.stream_id = d.s AND NOT d.ok AND h.version = 0
+        DELETE FROM {n.streams} h
+        WHERE h.stream_id = ANY(ARRAY(SELECT jd.s FROM judged jd WHERE NOT jd.ok)) AND h.version = 0
         RETURNING 1
     )
     SELECT array_agg(d.ok ORDER BY d.part),
