@@ -105,9 +105,10 @@ def test_a_sqlite_folder_url_keeps_the_files_there_and_removes_each_after_its_ru
 
 
 @pytest.mark.parametrize(
-    "store", ["postgresql://localhost/obelisk", "postgres", "memory://", "mysql://x"]
+    # Port 1 on loopback: nothing listens there, even where a PostgreSQL runs on 5432.
+    "store", ["postgresql://127.0.0.1:1/obelisk", "postgres", "memory://", "mysql://x"]
 )
-def test_an_unsupported_backend_is_refused_with_exit_code_2(store: str) -> None:
+def test_an_unsupported_or_unreachable_backend_is_refused_with_exit_code_2(store: str) -> None:
     result = bench("--store", store)
 
     assert result.exit_code == 2
