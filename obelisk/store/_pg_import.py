@@ -3,7 +3,9 @@
 For migrations from other stores and for loading test data: appends are validated and
 encoded like any other, their heads are locked and checked like any other, and the rows go
 in with binary COPY — one transaction per chunk of at most 65,536 events, so positions
-follow the import order and versions continue each stream's head with no hole.
+follow the import order and versions continue each stream's head with no hole. A writer
+that appends to one of the streams meanwhile makes the chunk fail on the unique
+(stream_id, version) index: nothing of it is written.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __all__ = ["ImportStopped", "ImportResult", "import_appends"]
 
 _COLUMNS = (
     "position", "stream_id", "version", "event_id", "event_type", "schema_version", "data",
-    "recorded_at", "correlation_id", "causation_id",
+    "recorded_at", "correlation_id", "causation_id", "stream_type",
 )  # fmt: skip
 
 
@@ -117,22 +119,14 @@ async def _import_chunk(
     conn: AnyConnection, names: Names, offset: int, chunk: list[PreparedAppend]
 ) -> int:
     streams = sorted({part.stream_id for part in chunk})
-    types: dict[str, str | None] = {}
-    for part in chunk:
-        types.setdefault(part.stream_id, part.stream_type)
     async with conn.transaction():
-        # Lock every head (new streams get a version-0 placeholder), in id order.
-        await conn.execute(
-            f"INSERT INTO {names.streams} AS h (stream_id, stream_type, version) "
-            "SELECT s, t, 0 FROM unnest($1::text[], $2::text[]) AS u(s, t) ORDER BY s "
-            "ON CONFLICT (stream_id) DO UPDATE SET version = h.version WHERE false",
-            streams,
-            [types[s] for s in streams],
-        )
         rows = await conn.fetch(
-            f"SELECT stream_id, version FROM {names.streams} WHERE stream_id = ANY($1)", streams
+            f"SELECT stream_id, max(version) FROM {names.events} "
+            "WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
+            streams,
         )
-        heads: dict[str, int] = {row[0]: row[1] for row in rows}
+        heads: dict[str, int] = {stream: 0 for stream in streams}
+        heads.update((row[0], row[1]) for row in rows)
         xid: int = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
         base = (xid + offset) << INDEX_BITS
         now = time.time()
@@ -147,7 +141,8 @@ async def _import_chunk(
                 records.append(
                     (base + len(records), part.stream_id, version, event.event_id,
                      event.type_name, event.schema_version, event.data, now,
-                     part.correlation_id, part.causation_id)
+                     part.correlation_id, part.causation_id,
+                     part.stream_type if version == 1 else None)
                 )  # fmt: skip
             heads[part.stream_id] = version
         await conn.copy_records_to_table(
@@ -155,11 +150,5 @@ async def _import_chunk(
             schema_name=names.schema_name,
             columns=_COLUMNS,
             records=records,
-        )
-        await conn.execute(
-            f"UPDATE {names.streams} h SET version = u.v "
-            "FROM unnest($1::text[], $2::bigint[]) AS u(s, v) WHERE h.stream_id = u.s",
-            streams,
-            [heads[s] for s in streams],
         )
         return base + len(records) - 1

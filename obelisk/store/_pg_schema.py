@@ -1,4 +1,4 @@
-"""PostgreSQL schema, its migrations and the append function.
+"""PostgreSQL schema, its migrations and the append statements.
 
 Positions: ``((transaction id + offset) << 16) + index within the transaction``.
 
@@ -33,6 +33,7 @@ __all__ = [
     "MAX_EVENTS_PER_TRANSACTION",
     "SCHEMA_VERSION",
     "Names",
+    "append_statements",
     "ensure_schema",
 ]
 
@@ -69,9 +70,7 @@ class Names:
         self.prefix = prefix
         self.schema = f'"{schema}"'
         self.events = self._name("events")
-        self.streams = self._name("streams")
         self.meta = self._name("meta")
-        self.append = self._name("append")
         # NOTIFY channel: one per store, so two stores in one database wake only their own.
         self.channel = f"{schema}.{prefix}events"
 
@@ -89,13 +88,6 @@ def _migration_1(n: Names) -> tuple[str, ...]:
             key text PRIMARY KEY,
             value text NOT NULL
         )""",
-        # One row per stream: the head version that appends lock and check. Events are
-        # never updated; the head row is the only row two writers can meet on.
-        f"""CREATE TABLE IF NOT EXISTS {n.streams} (
-            stream_id text COLLATE "C" PRIMARY KEY,
-            stream_type text,
-            version bigint NOT NULL
-        )""",
         f"""CREATE TABLE IF NOT EXISTS {n.events} (
             position bigint PRIMARY KEY,
             stream_id text COLLATE "C" NOT NULL,
@@ -107,6 +99,9 @@ def _migration_1(n: Names) -> tuple[str, ...]:
             recorded_at double precision NOT NULL,
             correlation_id text,
             causation_id text,
+            stream_type text,
+            -- Versions are guarded by this index alone: a stream's head is the last entry
+            -- of its run, and two writers of the same version cannot both commit.
             CONSTRAINT {n.index("events_stream_version")} UNIQUE (stream_id, version),
             CONSTRAINT {n.index("events_event_id")} UNIQUE (event_id)
         )""",
@@ -117,94 +112,75 @@ MIGRATIONS: Final = ((1, _migration_1),)
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 
-def append_function(n: Names, offset: int) -> str:
-    """The server-side append: one call per group-commit batch, one round trip.
+def append_statements(n: Names, offset: int) -> tuple[str, str]:
+    """The two statements that append: one group-commit batch each, one round trip.
 
-    Arguments are arrays, one element per part (``p_*``) or per event (``e_*``, in part
-    order). Each stream appears at most once per call (the writer guarantees it). A part
-    passes when its expected version matches the locked head; a job (``p_job``) is written
-    only if all of its parts pass, so a failed check fails only its own append.
+    Both run as single statements (their own transaction, committed when they end). The
+    head of a stream is read from the (stream_id, version) index; if another writer commits
+    the same version between that read and the insert, the unique index refuses the insert
+    and the whole statement fails, so a version check can never pass on a stale head.
 
-    Step 1 locks every head in stream-id order (so two batches never deadlock), creating a
-    version-0 placeholder for a new stream. Step 2, with a fresh snapshot that sees the
-    locked heads, writes the events of passing jobs, moves their heads and removes the
-    placeholders of failing ones. Returns, per part: passed, version (the new one, or the
-    actual one on failure), first position.
+    ``batch`` takes arrays, one element per part (``$1``-``$6``) or per event (``$7``-``$11``,
+    in part order); each stream appears at most once per call (the writer sees to it). A
+    job (``$4``) is written only if all of its parts pass, so a failed check fails only its
+    own append. It returns, per part: passed, the head it was checked against, and the
+    position of its first event.
+
+    ``solo`` is the same for the commonest batch, one append to one stream: a plan small
+    enough to cost about what a bare INSERT does. It returns the written positions, or no
+    row when the expected version did not match.
     """
-    shift = INDEX_BITS
-    return f"""
-CREATE OR REPLACE FUNCTION {n.append}(
-    p_stream text[], p_expected bigint[], p_stream_type text[], p_job integer[],
-    p_correlation text[], p_causation text[],
-    e_part integer[], e_id uuid[], e_type text[], e_schema integer[], e_data bytea[]
-) RETURNS TABLE (ok boolean, version bigint, first_position bigint)
-LANGUAGE plpgsql
--- Every lookup here is by key. A new store's tables have no statistics yet, and the planner
--- then picks sequential scans of the streams table on every call (measured: 0.55 ms instead
--- of 0.22 ms per one-event append, growing with the number of streams).
-SET enable_seqscan = off
-AS $body$
-#variable_conflict use_column
-DECLARE
-    r_ok boolean[];
-    r_version bigint[];
-    r_first bigint[];
-BEGIN
-    INSERT INTO {n.streams} AS h (stream_id, stream_type, version)
-    SELECT u.s, u.t, 0 FROM unnest(p_stream, p_stream_type) AS u(s, t) ORDER BY u.s
-    ON CONFLICT (stream_id) DO UPDATE SET version = h.version WHERE false;
-
-    WITH parts AS (
-        SELECT u.part::integer AS part, u.s, u.e, u.j, u.c, u.k, h.version AS actual,
-               (u.e = -1 OR u.e = h.version) AS passes
-        FROM unnest(p_stream, p_expected, p_job, p_correlation, p_causation)
-             WITH ORDINALITY AS u(s, e, j, c, k, part)
-        CROSS JOIN LATERAL (
-            SELECT st.version FROM {n.streams} st WHERE st.stream_id = u.s
-        ) AS h
-    ), jobs AS (
-        SELECT j, bool_and(passes) AS ok FROM parts GROUP BY j
-    ), judged AS (
-        SELECT p.*, jobs.ok FROM parts p JOIN jobs USING (j)
-    ), rows AS (
-        SELECT ev.part, d.s, d.actual, d.c, d.k, ev.id, ev.t, ev.sv, ev.d AS data,
-               row_number() OVER (ORDER BY ev.ord) - 1 AS idx,
-               row_number() OVER (PARTITION BY ev.part ORDER BY ev.ord) AS step
-        FROM unnest(e_part, e_id, e_type, e_schema, e_data)
-             WITH ORDINALITY AS ev(part, id, t, sv, d, ord)
-        JOIN judged d ON d.part = ev.part
-        WHERE d.ok
-    ), base AS (
-        SELECT (pg_current_xact_id()::text::bigint + {offset}) << {shift} AS b
-    ), inserted AS (
-        INSERT INTO {n.events} (position, stream_id, version, event_id, event_type,
-                                schema_version, data, recorded_at, correlation_id,
-                                causation_id)
-        SELECT base.b + rows.idx, rows.s, rows.actual + rows.step, rows.id, rows.t, rows.sv,
-               rows.data, extract(epoch FROM statement_timestamp()), rows.c, rows.k
-        FROM rows, base
-        RETURNING 1
-    ), spans AS (
-        SELECT part, min(idx) AS first_idx, max(step) AS n FROM rows GROUP BY part
-    ), moved AS (
-        UPDATE {n.streams} h SET version = d.actual + spans.n
-        FROM judged d JOIN spans USING (part)
-        WHERE h.stream_id = d.s
-        RETURNING 1
-    ), dropped AS (
-        DELETE FROM {n.streams} h
-        WHERE h.stream_id = ANY(ARRAY(SELECT jd.s FROM judged jd WHERE NOT jd.ok)) AND h.version = 0
-        RETURNING 1
+    position = f"((pg_current_xact_id()::text::bigint + {offset}) << {INDEX_BITS})"
+    head = (
+        f"coalesce((SELECT h.version FROM {n.events} h WHERE h.stream_id = {{stream}} "
+        "ORDER BY h.version DESC LIMIT 1), 0)"
     )
-    SELECT array_agg(d.ok ORDER BY d.part),
-           array_agg(CASE WHEN d.ok THEN d.actual + spans.n ELSE d.actual END ORDER BY d.part),
-           array_agg(base.b + spans.first_idx ORDER BY d.part)
-      INTO r_ok, r_version, r_first
-      FROM judged d LEFT JOIN spans USING (part), base;
-
-    RETURN QUERY SELECT * FROM unnest(r_ok, r_version, r_first);
-END
-$body$"""
+    columns = (
+        "position, stream_id, version, event_id, event_type, schema_version, data, "
+        "recorded_at, correlation_id, causation_id, stream_type"
+    )
+    batch = f"""
+WITH parts AS (
+    SELECT u.part, u.s, u.e, u.j, u.t, u.c, u.k, {head.format(stream="u.s")} AS actual
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[])
+         WITH ORDINALITY AS u(s, e, t, j, c, k, part)
+), judged AS (
+    SELECT p.*, bool_and(p.e = -1 OR p.e = p.actual) OVER (PARTITION BY p.j) AS ok
+    FROM parts p
+), rows AS (
+    SELECT d.part, d.s, d.actual, d.t, d.c, d.k, ev.id, ev.et, ev.sv, ev.data,
+           row_number() OVER (ORDER BY ev.ord) - 1 AS idx,
+           row_number() OVER (PARTITION BY ev.part ORDER BY ev.ord) AS step
+    FROM unnest($7::integer[], $8::uuid[], $9::text[], $10::integer[], $11::bytea[])
+         WITH ORDINALITY AS ev(part, id, et, sv, data, ord)
+    JOIN judged d ON d.part = ev.part
+    WHERE d.ok
+), base AS (
+    SELECT {position} AS b
+), spans AS (
+    SELECT r.part, min(r.idx) AS first_idx FROM rows r GROUP BY r.part
+), written AS (
+    INSERT INTO {n.events} ({columns})
+    SELECT base.b + r.idx, r.s, r.actual + r.step, r.id, r.et, r.sv, r.data,
+           extract(epoch FROM statement_timestamp()), r.c, r.k,
+           CASE WHEN r.actual + r.step = 1 THEN r.t END
+    FROM rows r, base
+    RETURNING 1
+)
+SELECT d.ok, d.actual, base.b + spans.first_idx AS first_position
+FROM judged d CROSS JOIN base LEFT JOIN spans ON spans.part = d.part
+ORDER BY d.part"""
+    solo = f"""
+INSERT INTO {n.events} ({columns})
+SELECT {position} + ev.ord - 1, $1, h.v + ev.ord, ev.id, ev.et, ev.sv, ev.data,
+       extract(epoch FROM statement_timestamp()), $4, $5,
+       CASE WHEN h.v + ev.ord = 1 THEN $3 END
+FROM (SELECT {head.format(stream="$1::text")} AS v) h,
+     unnest($6::uuid[], $7::text[], $8::integer[], $9::bytea[])
+         WITH ORDINALITY AS ev(id, et, sv, data, ord)
+WHERE $2::bigint = -1 OR $2::bigint = h.v
+RETURNING position, version"""
+    return batch, solo
 
 
 async def ensure_schema(conn: AnyConnection, names: Names, codec_name: str) -> int:
@@ -237,9 +213,7 @@ async def ensure_schema(conn: AnyConnection, names: Names, codec_name: str) -> i
                 f"this store was created with the {stored_codec!r} codec; "
                 f"open it with that codec, not {codec_name!r}"
             )
-        offset = await _position_offset(conn, names)
-        await conn.execute(append_function(names, offset))
-        return offset
+        return await _position_offset(conn, names)
 
 
 async def _position_offset(conn: AnyConnection, names: Names) -> int:

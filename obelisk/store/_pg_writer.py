@@ -35,12 +35,19 @@ from obelisk.errors import (
 )
 from obelisk.store._idempotency import replayed_result
 from obelisk.store._jobs import WriteJob, fail, on_settled, settle
-from obelisk.store._pg_schema import MAX_EVENTS_PER_TRANSACTION, AnyConnection, Names
+from obelisk.store._pg_schema import (
+    MAX_EVENTS_PER_TRANSACTION,
+    AnyConnection,
+    Names,
+    append_statements,
+)
 from obelisk.store.base import PreparedAppend
 from obelisk.store.records import ANY, AppendResult
 
 __all__ = ["PostgresWriter", "is_connection_error", "translate"]
 
+# Attempts of one append after its statement hit a version or id that another writer took.
+_ATTEMPTS = 3
 # Splitting gathered appends over free connections only pays when each batch stays big
 # enough to amortise its round trip and commit.
 _MIN_SPLIT = 8
@@ -99,6 +106,7 @@ class PostgresWriter:
         *,
         max_in_flight: int,
         max_batch: int,
+        offset: int,
         on_commit: Callable[[], None],
     ) -> None:
         self._pool = pool
@@ -106,7 +114,10 @@ class PostgresWriter:
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._on_commit = on_commit
-        self._call = f"SELECT * FROM {names.append}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        self._batch, self._solo = append_statements(names, offset)
+        self._head = (
+            f"SELECT coalesce(max(version), 0) FROM {names.events} WHERE stream_id = $1"
+        )
         self._lookup = (
             f"SELECT event_id, stream_id, version, position FROM {names.events} "
             "WHERE event_id = ANY($1::uuid[])"
@@ -244,29 +255,55 @@ class PostgresWriter:
     # -- talking to the server -----------------------------------------------------------
 
     async def _commit_batch(self, jobs: list[WriteJob]) -> None:
-        parts = [part for job in jobs for part in job.parts]
-        args = _arguments(jobs)
         try:
             async with self._pool.acquire() as conn:
-                rows = await conn.fetch(self._call, *args)
+                await self._append(conn, jobs)
         except asyncpg.exceptions.DataError as exc:
             fail(jobs, StoreError(f"PostgreSQL refused the append's values: {exc}"))
-            return
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, TimeoutError):
                 fail(jobs, translate(exc, "committing a batch of appends"))
                 return
-            if len(jobs) == 1:
-                fail(jobs, _data_error(exc))
-                return
-            # A data error fails the whole statement: find the culprit by going one by one.
+            # The statement failed as a whole (a version or event id taken meanwhile by
+            # another writer, a lock timeout): go one by one, so only the culprit fails.
             for job in jobs:
                 await self._commit_alone(job)
+
+    async def _append(self, conn: AnyConnection, jobs: list[WriteJob]) -> None:
+        """Run one append statement for ``jobs`` and record each job's outcome."""
+        if len(jobs) == 1 and len(jobs[0].parts) == 1:
+            await self._append_solo(conn, jobs[0])
             return
-        _judge(jobs, parts, rows)
+        parts = [part for job in jobs for part in job.parts]
+        _judge(jobs, parts, await conn.fetch(self._batch, *_arguments(jobs)))
+
+    async def _append_solo(self, conn: AnyConnection, job: WriteJob) -> None:
+        (part,) = job.parts
+        events = part.events
+        rows = await conn.fetch(
+            self._solo,
+            part.stream_id,
+            part.expected_version,
+            part.stream_type,
+            part.correlation_id,
+            part.causation_id,
+            [event.event_id for event in events],
+            [event.type_name for event in events],
+            [event.schema_version for event in events],
+            [event.data for event in events],
+        )
+        if rows:
+            first, last = rows[0], rows[-1]
+            job.results = [AppendResult(part.stream_id, last[1], first[0], last[0])]
+            job.error = None
+        else:
+            actual = await conn.fetchval(self._head, part.stream_id)
+            job.results = None
+            job.error = ConcurrencyError(part.stream_id, part.expected_version, actual)
 
     async def _commit_alone(self, job: WriteJob) -> None:
-        for attempt in range(2):
+        """One job in its own transaction, retried while other writers take its versions."""
+        for attempt in range(_ATTEMPTS):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     job.results = await self._write_one(conn, job)
@@ -276,10 +313,11 @@ class PostgresWriter:
                 job.results, job.error = None, exc
                 return
             except asyncpg.exceptions.UniqueViolationError as exc:
-                # An id stored meanwhile by another writer: the next lookup sees it and
-                # replays, or names the conflict.
-                job.results, job.error = None, _data_error(exc)
-                if attempt == 1:
+                # Another writer committed this version (or these event ids) after our
+                # statement read the head: the next attempt reads it again, and fails the
+                # check, replays the ids, or names the conflict.
+                job.results, job.error = None, _data_error(exc, job)
+                if attempt == _ATTEMPTS - 1:
                     return
             except Exception as exc:
                 job.results, job.error = None, translate(exc, "committing an append")
@@ -293,8 +331,7 @@ class PostgresWriter:
         todo = [part for part, result in zip(job.parts, results, strict=True) if result is None]
         if todo:
             sub = WriteJob(todo, job.future)
-            rows = await conn.fetch(self._call, *_arguments([sub]))
-            _judge([sub], todo, rows)
+            await self._append(conn, [sub])
             if sub.error is not None:
                 raise sub.error
             assert sub.results is not None
@@ -348,36 +385,42 @@ def _arguments(jobs: list[WriteJob]) -> tuple[list[Any], ...]:
 
 
 def _judge(jobs: list[WriteJob], parts: list[PreparedAppend], rows: list[Any]) -> None:
-    """Turn the function's per-part rows into each job's results or error."""
+    """Turn the batch statement's per-part rows into each job's results or error."""
     if len(rows) != len(parts):
-        fail(jobs, StoreError(f"append function returned {len(rows)} rows for {len(parts)}"))
+        fail(jobs, StoreError(f"the append statement returned {len(rows)} rows for {len(parts)}"))
         return
     index = 0
     for job in jobs:
         results: list[AppendResult] = []
         error: BaseException | None = None
         for part in job.parts:
-            ok, version, first = rows[index]
+            ok, actual, first = rows[index]
             index += 1
             expected = part.expected_version
             if ok:
-                last = first + len(part.events) - 1
-                results.append(AppendResult(part.stream_id, version, first, last))
-            elif error is None and expected != ANY and expected != version:
-                error = ConcurrencyError(part.stream_id, expected, version)
+                count = len(part.events)
+                results.append(
+                    AppendResult(part.stream_id, actual + count, first, first + count - 1)
+                )
+            elif error is None and expected != ANY and expected != actual:
+                error = ConcurrencyError(part.stream_id, expected, actual)
         if error is None and len(results) != len(job.parts):
-            error = StoreError("the append function rejected an append without a reason")
+            error = StoreError("the append statement rejected an append without a reason")
         job.results, job.error = (None, error) if error is not None else (results, None)
 
 
-def _data_error(exc: BaseException) -> ObeliskError:
-    if isinstance(exc, _TIMEOUT_ERRORS):
-        return translate(exc, "committing an append")
-    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
-        error: ObeliskError = IdempotencyConflict(
+def _data_error(exc: asyncpg.exceptions.UniqueViolationError, job: WriteJob) -> ObeliskError:
+    """The error a job gets when its last attempt still hit a unique index."""
+    error: ObeliskError
+    if (exc.constraint_name or "").endswith("event_id"):
+        error = IdempotencyConflict(
             "an event id of this append is already stored by another append"
         )
     else:
-        error = StoreError(f"PostgreSQL refused the append: {exc}")
+        part = job.parts[0]
+        error = StoreError(
+            f"other writers kept taking the next version of {part.stream_id!r} "
+            f"({_ATTEMPTS} attempts): {exc}"
+        )
     error.__cause__ = exc
     return error

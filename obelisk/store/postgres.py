@@ -1,10 +1,10 @@
 """PostgresEventStore: the production store, on asyncpg with a connection pool.
 
-Writers never lock a table: each append locks only the head rows of its own streams, and
-group commit sends concurrent appends as one call of a server-side function (see
-``_pg_writer``). Readers stay gap-free without any timeout: positions carry the writing
-transaction's id, and ``read_all`` returns only positions below the oldest transaction
-still in flight (see ``_pg_schema``).
+Writers never lock a table: versions are guarded by the unique (stream_id, version) index
+alone, and group commit sends concurrent appends as one statement (see ``_pg_writer``).
+Readers stay gap-free without any timeout: positions carry the writing transaction's id,
+and ``read_all`` returns only positions below the oldest transaction still in flight (see
+``_pg_schema``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from obelisk.store._pg_schema import (
     INDEX_BITS,
     MAX_EVENTS_PER_TRANSACTION,
     Names,
+    append_statements,
     ensure_schema,
 )
 from obelisk.store._pg_writer import PostgresWriter, translate
@@ -117,6 +118,11 @@ class PostgresEventStore(EventStore):
         return f"PostgresEventStore(schema={n.schema_name!r}, prefix={n.prefix!r})"
 
     @property
+    def batch_append_sql(self) -> str:
+        """The statement one group-commit batch runs (see ``_pg_schema.append_statements``)."""
+        return append_statements(self.names, self._offset)[0]
+
+    @property
     def channel(self) -> str:
         """The NOTIFY channel that wakes this store's subscribers after commits."""
         return self.names.channel
@@ -178,6 +184,7 @@ class PostgresEventStore(EventStore):
                 self.names,
                 max_in_flight=self.max_in_flight,
                 max_batch=self.max_batch,
+                offset=self._offset,
                 on_commit=self._committed,
             )
 
@@ -310,9 +317,12 @@ class PostgresEventStore(EventStore):
             "all_types": envelope + f"WHERE position > $1 AND position < {bound} "
             "AND event_type = ANY($3::text[]) ORDER BY position LIMIT $2",
             "last": f"SELECT coalesce(max(position), 0) FROM {n.events} WHERE position < {bound}",
-            "version": f"SELECT version FROM {n.streams} WHERE stream_id = $1",
-            "streams": f"SELECT stream_id, stream_type, version FROM {n.streams} "
-            "WHERE stream_id > $1 AND version > 0 ORDER BY stream_id LIMIT $2",
+            "version": f"SELECT coalesce(max(version), 0) FROM {n.events} WHERE stream_id = $1",
+            # Walks the (stream_id, version) index: a tool query, not for hot paths.
+            "streams": f"SELECT e.stream_id, (SELECT f.stream_type FROM {n.events} f "
+            "WHERE f.stream_id = e.stream_id AND f.version = 1), max(e.version) "
+            f"FROM {n.events} e WHERE e.stream_id > $1 GROUP BY e.stream_id "
+            "ORDER BY e.stream_id LIMIT $2",
         }
 
     async def _fetch(self, key: str, *args: Any) -> list[Any]:

@@ -10,6 +10,7 @@ back. Tests that restart the server need the session's own one and skip otherwis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -256,8 +257,7 @@ async def test_an_append_to_a_locked_stream_fails_alone_and_others_still_commit(
         postgres_dsn, schema=pg_schema, lock_timeout=0.2, pool_min_size=1
     ) as store:
         await store.append("locked", _note(1), NO_STREAM)
-        async with sql.transaction():
-            await _lock_head(sql, pg_schema, "locked")
+        async with _holding_next_version(sql, pg_schema, "locked"):
             outcomes = await asyncio.gather(
                 store.append("locked", _note(2), expected_version=1),
                 *(store.append(f"free-{i}", _note(i), NO_STREAM) for i in range(5)),
@@ -304,8 +304,7 @@ async def test_an_append_that_times_out_on_a_locked_stream_raises_store_unavaila
         statement_timeout=statement_timeout,
     ) as store:
         await store.append("locked", _note(1), NO_STREAM)
-        async with sql.transaction():
-            await _lock_head(sql, pg_schema, "locked")
+        async with _holding_next_version(sql, pg_schema, "locked"):
             others = [] if alone else [store.append("free", _note(2))]
             locked, *_ = await asyncio.gather(
                 store.append("locked", _note(2), expected_version=1),
@@ -317,12 +316,29 @@ async def test_an_append_that_times_out_on_a_locked_stream_raises_store_unavaila
         assert await store.stream_version("locked") == 1
 
 
-async def _lock_head(sql: asyncpg.Connection, schema: str, stream: str) -> None:
-    """Hold a stream's head row locked until ``sql``'s transaction ends."""
-    await sql.execute(
-        f'SELECT version FROM "{schema}".obelisk_streams WHERE stream_id = $1 FOR UPDATE',
-        stream,
-    )
+@contextlib.asynccontextmanager
+async def _holding_next_version(
+    sql: asyncpg.Connection, schema: str, stream: str
+) -> AsyncIterator[None]:
+    """Insert the stream's next version in a transaction left open, then roll it back.
+
+    An append of that version waits on the unique (stream_id, version) index for the open
+    transaction: the lock that lock_timeout and statement_timeout must cut short.
+    """
+    transaction = sql.transaction()
+    await transaction.start()
+    try:
+        await sql.execute(
+            f'INSERT INTO "{schema}".obelisk_events (position, stream_id, version, event_id, '
+            "event_type, schema_version, data, recorded_at) "
+            "SELECT (pg_current_xact_id()::text::bigint << 16), $1, "
+            f'(SELECT max(version) + 1 FROM "{schema}".obelisk_events WHERE stream_id = $1), '
+            "gen_random_uuid(), 'held', 1, ''::bytea, 0",
+            stream,
+        )
+        yield
+    finally:
+        await transaction.rollback()
 
 
 async def test_a_read_slower_than_the_statement_timeout_fails_clearly(
@@ -396,7 +412,7 @@ async def test_opening_without_the_right_to_create_the_schema_raises_a_store_err
 _HOSTILE_STREAM_IDS = [
     "o'brien",
     'x"; DROP TABLE obelisk_events; --',
-    "'); DELETE FROM obelisk_streams; --",
+    "'); DELETE FROM obelisk_events; --",
     "semi;colon",
     "$1 %s {0} \\x00",
     "back\\slash",
@@ -427,7 +443,7 @@ async def test_stream_ids_with_quotes_semicolons_and_unicode_are_stored_verbatim
             _HOSTILE_STREAM_IDS[0],
         ]
     tables = await sql.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = $1", pg_schema)
-    assert tables == 3
+    assert tables == 2  # obelisk_events and obelisk_meta, both still there
 
 
 # -- the server cannot be reached -----------------------------------------------------------

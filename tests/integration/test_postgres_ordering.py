@@ -1,8 +1,8 @@
 """Gap-free reading on PostgreSQL: a transaction that takes a lower position and commits
 after a higher one is never skipped by a reader that looked in between.
 
-Transaction A is opened by hand on its own connection and calls the store's append
-function, so it holds its (lower) positions while the store commits B. Nothing here waits
+Transaction A is opened by hand on its own connection and runs the store's append
+statement, so it holds its (lower) positions while the store commits B. Nothing here waits
 on a clock to decide what is visible: the checks run while A is provably still open.
 """
 
@@ -29,14 +29,14 @@ async def store(postgres_dsn: str, pg_schema: str) -> AsyncIterator[PostgresEven
 async def _open_transaction_a(dsn: str, store: PostgresEventStore) -> tuple[
     asyncpg.Connection, asyncpg.transaction.Transaction, int
 ]:
-    """Start A: append one event to stream 'A' through the append function; do not commit."""
+    """Start A: append one event to stream 'A' with the store's own batch statement, inside
+    a transaction that stays open."""
     conn = await asyncpg.connect(dsn)
     transaction = conn.transaction()
     await transaction.start()
     rows = await conn.fetch(
-        f"SELECT * FROM {store.names.append}"
-        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        ["A"], [NO_STREAM], [None], [0], [None], [None],
+        store.batch_append_sql,
+        ["A"], [NO_STREAM], [None], [0], [None], [None],  # stream, expected, type, job, ...
         [1], [uuid.uuid4()], [ContractDeposited.event_type], [1], [b'{"amount":100}'],
     )  # fmt: skip
     assert rows[0]["ok"]

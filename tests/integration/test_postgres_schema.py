@@ -134,21 +134,24 @@ async def test_opening_a_schema_from_a_newer_obelisk_fails_clearly(
         await _store(postgres_dsn, pg_schema).open()
 
 
-async def test_the_append_function_exists_in_the_stores_schema(
+async def test_the_prefix_names_the_tables_and_their_indexes(
     postgres_dsn: str, pg_schema: str, sql: asyncpg.Connection
 ) -> None:
     async with _store(postgres_dsn, pg_schema, prefix="pfx_"):
         pass
-    functions = await sql.fetch(
-        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = $1",
-        pg_schema,
-    )
     tables = await sql.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", pg_schema
     )
-    assert [row[0] for row in functions] == ["pfx_append"]
-    assert [row[0] for row in tables] == ["pfx_events", "pfx_meta", "pfx_streams"]
+    indexes = await sql.fetch(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname", pg_schema
+    )
+    assert [row[0] for row in tables] == ["pfx_events", "pfx_meta"]
+    assert [row[0] for row in indexes] == [
+        "pfx_events_event_id",
+        "pfx_events_pkey",
+        "pfx_events_stream_version",
+        "pfx_meta_pkey",
+    ]
 
 
 async def test_after_a_restore_with_higher_positions_new_appends_sort_after_them(
@@ -166,9 +169,6 @@ async def test_after_a_restore_with_higher_positions_new_appends_sort_after_them
         restored,
         PgSchemaNoted.event_type,
         payload,
-    )
-    await sql.execute(
-        f"INSERT INTO \"{pg_schema}\".obelisk_streams VALUES ('schema-restored', NULL, 1)"
     )
 
     async with _store(postgres_dsn, pg_schema) as reopened:
