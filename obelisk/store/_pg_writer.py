@@ -20,10 +20,12 @@ append may be retried with the same event ids, which is then a no-op if it had c
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from obelisk.errors import (
     ConcurrencyError,
@@ -45,6 +47,8 @@ from obelisk.store.base import PreparedAppend
 from obelisk.store.records import ANY, AppendResult
 
 __all__ = ["PostgresWriter", "is_connection_error", "translate"]
+
+_log = logging.getLogger("obelisk.store.postgres")
 
 # Attempts of one append after its statement hit a version or id that another writer took.
 _ATTEMPTS = 3
@@ -123,6 +127,7 @@ class PostgresWriter:
             "WHERE event_id = ANY($1::uuid[])"
         )
         self._gathered: list[WriteJob] = []
+        self._held: list[PoolConnectionProxy] = []
         self._running: list[list[WriteJob]] = []
         self._busy_streams: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -256,8 +261,12 @@ class PostgresWriter:
 
     async def _commit_batch(self, jobs: list[WriteJob]) -> None:
         try:
-            async with self._pool.acquire() as conn:
-                await self._append(conn, jobs)
+            conn = self._held.pop() if self._held else await self._pool.acquire()
+        except Exception as exc:
+            fail(jobs, translate(exc, "connecting"))
+            return
+        try:
+            await self._append(conn, jobs)
         except asyncpg.exceptions.DataError as exc:
             fail(jobs, StoreError(f"PostgreSQL refused the append's values: {exc}"))
         except Exception as exc:
@@ -268,6 +277,31 @@ class PostgresWriter:
             # another writer, a lock timeout): go one by one, so only the culprit fails.
             for job in jobs:
                 await self._commit_alone(job)
+        finally:
+            # The writer keeps its connections between batches: borrowing one from the pool
+            # per batch cost several event-loop turns. A broken one goes back to the pool,
+            # which replaces it.
+            await self._keep_or_release(conn)
+
+    async def _keep_or_release(self, conn: PoolConnectionProxy) -> None:
+        try:
+            healthy = not conn.is_closed() and not self._closing
+        except asyncpg.exceptions.InterfaceError:
+            return  # the pool was terminated under us: the connection is gone already
+        if healthy:
+            self._held.append(conn)
+            return
+        try:
+            await self._pool.release(conn)
+        except Exception as exc:  # a dead connection or a closing pool: nothing to keep
+            _log.debug("releasing a writer connection failed: %s", exc)
+
+    async def release_connections(self) -> None:
+        """Give the connections the writer keeps back to the pool (before it closes)."""
+        held, self._held = self._held, []
+        self._closing = True
+        for conn in held:
+            await self._keep_or_release(conn)
 
     async def _append(self, conn: AnyConnection, jobs: list[WriteJob]) -> None:
         """Run one append statement for ``jobs`` and record each job's outcome."""

@@ -54,6 +54,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: nothing to reset.
+
+    asyncpg's default runs ``RESET ALL; UNLISTEN *; ...`` on every release: one more round
+    trip per append (measured: 4 round trips per sequential command instead of 2). The
+    store's pooled connections never change session state: LISTEN runs on connections of
+    its own, and its only advisory lock is transaction-scoped.
+    """
+
+
 class PostgresEventStore(EventStore):
     """An event store in a PostgreSQL database (15 or newer).
 
@@ -71,6 +81,8 @@ class PostgresEventStore(EventStore):
             statement (0 disables): no call waits forever on a stuck lock.
         command_timeout: client-side limit in seconds for one call.
         connect_timeout: seconds to wait for a new connection.
+        notify_interval: commits within this many seconds share one NOTIFY to other
+            processes' subscribers (the most it delays their wake-up).
     """
 
     def __init__(
@@ -88,6 +100,7 @@ class PostgresEventStore(EventStore):
         lock_timeout: float = 10.0,
         command_timeout: float = 60.0,
         connect_timeout: float = 10.0,
+        notify_interval: float = 0.002,
     ) -> None:
         self.names = Names(schema, prefix)
         if max_in_flight < 1 or pool_max_size < max_in_flight:
@@ -104,6 +117,7 @@ class PostgresEventStore(EventStore):
         self.lock_timeout = lock_timeout
         self.command_timeout = command_timeout
         self.connect_timeout = connect_timeout
+        self.notify_interval = notify_interval
         self._pool: asyncpg.Pool | None = None
         self._writer: PostgresWriter | None = None
         self._opening = asyncio.Lock()
@@ -112,6 +126,12 @@ class PostgresEventStore(EventStore):
         self._notify_again = False
         self._offset = 0
         self._sql: dict[str, str] = {}
+        # The NOTIFY transaction need not wait for its own fsync: a wake-up lost in a crash
+        # costs nothing (subscribers read from their checkpoint). The channel name is built
+        # from validated identifiers, so it can be a literal; one simple query, one round trip.
+        self._notify_sql = (
+            f"SET LOCAL synchronous_commit TO off; SELECT pg_notify('{self.names.channel}', '')"
+        )
 
     def __repr__(self) -> str:
         n = self.names
@@ -166,6 +186,7 @@ class PostgresEventStore(EventStore):
                     command_timeout=self.command_timeout,
                     server_settings=self.server_settings(),
                     init=_init_connection,
+                    reset=_keep_session,
                 )
             except Exception as exc:
                 raise translate(exc, "connecting") from exc
@@ -195,6 +216,7 @@ class PostgresEventStore(EventStore):
         if writer is not None:
             writer.close()
             await writer.drain()
+            await writer.release_connections()
         if self._notify_task is not None:
             await asyncio.gather(self._notify_task, return_exceptions=True)
         self._writer = self._pool = None
@@ -221,7 +243,10 @@ class PostgresEventStore(EventStore):
 
     def _committed(self) -> None:
         # NOTIFY from the append transaction itself would make every commit take the
-        # database-wide notify lock; one NOTIFY after the fact, coalesced, never does.
+        # database-wide notify lock; one NOTIFY after the fact never does. Commits in the
+        # same ``notify_interval`` share one NOTIFY: a sequential writer would otherwise pay
+        # a second round trip per append (measured: as much as the append itself), and a
+        # subscriber only needs to know that something committed, not how often.
         self._notify_local()
         if self._notify_task is None or self._notify_task.done():
             self._notify_task = asyncio.get_running_loop().create_task(self._send_notify())
@@ -235,9 +260,12 @@ class PostgresEventStore(EventStore):
             if pool is None:
                 return
             try:
-                await pool.execute("SELECT pg_notify($1, '')", self.channel)
+                await pool.execute(self._notify_sql)
             except Exception as exc:  # subscribers still poll: log, never fail an append
                 _log.warning("NOTIFY after commit failed: %s", exc)
+            if self._closed:
+                return
+            await asyncio.sleep(self.notify_interval)
             if not self._notify_again:
                 return
 
