@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from obelisk.errors import (
     ConcurrencyError,
@@ -43,6 +42,7 @@ from obelisk.store._pg_schema import (
     Names,
     append_statements,
 )
+from obelisk.store._pg_shelf import ConnectionShelf
 from obelisk.store.base import PreparedAppend
 from obelisk.store.records import ANY, AppendResult
 
@@ -127,7 +127,8 @@ class PostgresWriter:
             "WHERE event_id = ANY($1::uuid[])"
         )
         self._gathered: list[WriteJob] = []
-        self._held: list[PoolConnectionProxy] = []
+        # The writer keeps its connections between batches (see _pg_shelf).
+        self._shelf = ConnectionShelf(pool, max_in_flight)
         self._running: list[list[WriteJob]] = []
         self._busy_streams: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -261,7 +262,7 @@ class PostgresWriter:
 
     async def _commit_batch(self, jobs: list[WriteJob]) -> None:
         try:
-            conn = self._held.pop() if self._held else await self._pool.acquire()
+            conn = await self._shelf.take()
         except Exception as exc:
             fail(jobs, translate(exc, "connecting"))
             return
@@ -281,27 +282,11 @@ class PostgresWriter:
             # The writer keeps its connections between batches: borrowing one from the pool
             # per batch cost several event-loop turns. A broken one goes back to the pool,
             # which replaces it.
-            await self._keep_or_release(conn)
-
-    async def _keep_or_release(self, conn: PoolConnectionProxy) -> None:
-        try:
-            healthy = not conn.is_closed() and not self._closing
-        except asyncpg.exceptions.InterfaceError:
-            return  # the pool was terminated under us: the connection is gone already
-        if healthy:
-            self._held.append(conn)
-            return
-        try:
-            await self._pool.release(conn)
-        except Exception as exc:  # a dead connection or a closing pool: nothing to keep
-            _log.debug("releasing a writer connection failed: %s", exc)
+            await self._shelf.give_back(conn)
 
     async def release_connections(self) -> None:
         """Give the connections the writer keeps back to the pool (before it closes)."""
-        held, self._held = self._held, []
-        self._closing = True
-        for conn in held:
-            await self._keep_or_release(conn)
+        await self._shelf.release_all()
 
     async def _append(self, conn: AnyConnection, jobs: list[WriteJob]) -> None:
         """Run one append statement for ``jobs`` and record each job's outcome."""

@@ -27,6 +27,7 @@ from obelisk.store._pg_schema import (
     append_statements,
     ensure_schema,
 )
+from obelisk.store._pg_shelf import ConnectionShelf
 from obelisk.store._pg_writer import PostgresWriter, translate
 from obelisk.store.base import EventStore, check_limit, prepare_appends
 from obelisk.store.codec import EventCodec, JsonCodec
@@ -119,6 +120,7 @@ class PostgresEventStore(EventStore):
         self.connect_timeout = connect_timeout
         self.notify_interval = notify_interval
         self._pool: asyncpg.Pool | None = None
+        self._readers: ConnectionShelf | None = None
         self._writer: PostgresWriter | None = None
         self._opening = asyncio.Lock()
         self._closed = False
@@ -200,6 +202,9 @@ class PostgresEventStore(EventStore):
                 raise
             self._prepare_sql()
             self._pool = pool
+            # Readers keep what the writer does not, less one for notifies and imports.
+            keep = max(self.pool_max_size - self.max_in_flight - 1, 0)
+            self._readers = ConnectionShelf(pool, keep)
             self._writer = PostgresWriter(
                 pool,
                 self.names,
@@ -217,6 +222,9 @@ class PostgresEventStore(EventStore):
             writer.close()
             await writer.drain()
             await writer.release_connections()
+        if self._readers is not None:
+            await self._readers.release_all()
+            self._readers = None
         if self._notify_task is not None:
             await asyncio.gather(self._notify_task, return_exceptions=True)
         self._writer = self._pool = None
@@ -226,7 +234,7 @@ class PostgresEventStore(EventStore):
     def terminate(self) -> None:
         self._closed = True
         writer, pool = self._writer, self._pool
-        self._writer = self._pool = None
+        self._writer = self._pool = self._readers = None
         if writer is not None:
             writer.terminate()
         if self._notify_task is not None:
@@ -354,13 +362,21 @@ class PostgresEventStore(EventStore):
         }
 
     async def _fetch(self, key: str, *args: Any) -> list[Any]:
-        pool = self._live_pool()
+        shelf = self._readers
+        if shelf is None:
+            raise StoreClosed(f"{self!r} is not open (use `async with store:` or `open()`)")
         try:
-            return await pool.fetch(self._sql[key], *args)
+            conn = await shelf.take()
+        except Exception as exc:
+            raise translate(exc, "connecting") from exc
+        try:
+            return await conn.fetch(self._sql[key], *args)
         except asyncpg.exceptions.DataError as exc:
             raise ValidationError(f"PostgreSQL refused a read argument: {exc}") from exc
         except Exception as exc:
             raise translate(exc, "reading") from exc
+        finally:
+            await shelf.give_back(conn)
 
     async def read_stream(
         self,
