@@ -9,7 +9,7 @@ from obelisk.domain.events import Event
 from obelisk.store.codec import EventCodec, split_type_key
 from obelisk.store.records import StoredEvent
 
-__all__ = ["decode_envelopes", "decode_payloads"]
+__all__ = ["decode_envelopes", "decode_payloads", "decode_rest"]
 
 
 def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[StoredEvent]:
@@ -56,3 +56,14 @@ def decode_payloads(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[Ev
     except Exception:
         pass  # a corrupt payload: the slow path raises the named error
     return out
+
+
+def decode_rest(
+    codec: EventCodec, stream_id: str, rows: Sequence[Sequence[Any]], out: list[Event]
+) -> None:
+    """Append to ``out`` the events of rows of (position, version, type name, schema version,
+    data): the careful path after :func:`decode_payloads` stopped, which upcasts, or raises
+    UnknownEventType / CorruptEvent naming stream, version and position."""
+    decode = codec.decode
+    for position, version, type_name, schema_version, data in rows:
+        out.append(decode(type_name, schema_version, data, stream_id, version, position))

@@ -18,8 +18,9 @@ import asyncpg
 
 from obelisk.domain.events import Event
 from obelisk.errors import ObeliskError, StoreClosed, ValidationError
-from obelisk.store._envelopes import decode_envelopes, decode_payloads
+from obelisk.store._envelopes import decode_envelopes, decode_payloads, decode_rest
 from obelisk.store._pg_import import ImportResult, ImportStopped, import_appends
+from obelisk.store._pg_loader import StreamLoader
 from obelisk.store._pg_schema import (
     INDEX_BITS,
     MAX_EVENTS_PER_TRANSACTION,
@@ -121,6 +122,7 @@ class PostgresEventStore(EventStore):
         self.notify_interval = notify_interval
         self._pool: asyncpg.Pool | None = None
         self._readers: ConnectionShelf | None = None
+        self._loader: StreamLoader | None = None
         self._writer: PostgresWriter | None = None
         self._opening = asyncio.Lock()
         self._closed = False
@@ -205,6 +207,7 @@ class PostgresEventStore(EventStore):
             # Readers keep what the writer does not, less one for notifies and imports.
             keep = max(self.pool_max_size - self.max_in_flight - 1, 0)
             self._readers = ConnectionShelf(pool, keep)
+            self._loader = StreamLoader(self._fetch_stream, self._fetch_streams)
             self._writer = PostgresWriter(
                 pool,
                 self.names,
@@ -345,6 +348,8 @@ class PostgresEventStore(EventStore):
             "ORDER BY version LIMIT $4",
             "stream_payloads": f"SELECT {_TYPE_KEY}, data FROM {n.events} "
             "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+            "streams_payloads": f"SELECT stream_id, {_TYPE_KEY}, data FROM {n.events} "
+            "WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, version",
             "stream_slow": f"SELECT position, version, event_type, schema_version, data "
             f"FROM {n.events} WHERE stream_id = $1 AND version >= $2 AND version <= $3 "
             "ORDER BY version",
@@ -378,6 +383,12 @@ class PostgresEventStore(EventStore):
         finally:
             await shelf.give_back(conn)
 
+    async def _fetch_stream(self, stream_id: str) -> list[Any]:
+        return await self._fetch("stream_payloads", stream_id, 1, _upper(None))
+
+    async def _fetch_streams(self, stream_ids: list[str]) -> list[Any]:
+        return await self._fetch("streams_payloads", stream_ids)
+
     async def read_stream(
         self,
         stream_id: str,
@@ -397,15 +408,17 @@ class PostgresEventStore(EventStore):
     ) -> list[Event]:
         from_version = max(from_version, 1)
         upper = _upper(to_version)
-        rows = await self._fetch("stream_payloads", _valid(stream_id), from_version, upper)
+        if from_version == 1 and to_version is None and self._loader is not None:
+            # Loading a whole aggregate: concurrent loads share one query.
+            rows: Sequence[Any] = await self._loader.load(_valid(stream_id))
+        else:
+            rows = await self._fetch("stream_payloads", _valid(stream_id), from_version, upper)
         out = decode_payloads(self.codec, rows)
         if len(out) < len(rows):
             # From the first uncommon row on: read again with what decode() needs to
             # upcast, or to name the stream, version and position of a bad row.
-            codec = self.codec
             slow = await self._fetch("stream_slow", stream_id, from_version + len(out), upper)
-            for pos, version, type_name, schema_version, data in slow:
-                out.append(codec.decode(type_name, schema_version, data, stream_id, version, pos))
+            decode_rest(self.codec, stream_id, slow, out)
         return out
 
     async def read_all(

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 
 from obelisk.domain.events import Event
 from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
-from obelisk.store._envelopes import decode_envelopes, decode_payloads
+from obelisk.store._envelopes import decode_envelopes, decode_payloads, decode_rest
 from obelisk.store._sqlite_schema import ensure_schema
 from obelisk.store._sqlite_writer import SQLiteWriter
 from obelisk.store.base import EventStore, check_limit, prepare_appends
@@ -254,7 +254,6 @@ class SQLiteEventStore(EventStore):
             # Slow path from the first row that is not the common case: decode() upcasts
             # and names stream, version and position in its errors, so the rest of the
             # range is read again with those columns.
-            codec = self.codec
             sql, params = _stream_query(
                 "SELECT position, version, event_type, schema_version, data FROM obelisk_events ",
                 stream_id,
@@ -262,8 +261,7 @@ class SQLiteEventStore(EventStore):
                 to_version,
                 None,
             )
-            for pos, version, type_name, schema_version, data in await self._fetch(sql, params):
-                out.append(codec.decode(type_name, schema_version, data, stream_id, version, pos))
+            decode_rest(self.codec, stream_id, await self._fetch(sql, params), out)
         return out
 
     async def read_all(
