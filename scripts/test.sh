@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # PostgreSQL 15's server binaries (initdb, pg_ctl, postgres), found the way
-# obelisk.testing.pgserver.find_postgres_bin looks for them.
+# obelisk.servers.postgres.find_postgres_bin looks for them.
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         echo "== installing PostgreSQL (apt-get install postgresql)"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from obelisk.servers.postgres import ThrowawayPostgres
 from obelisk.store import MemoryEventStore, SQLiteEventStore
-from obelisk.testing.pgserver import ThrowawayPostgres
 
 POSTGRES_DSN_ENV = "OBELISK_TEST_POSTGRES_DSN"
 

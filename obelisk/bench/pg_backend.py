@@ -3,7 +3,7 @@
 Every run (each side of each repetition) gets its own schema, created by obelisk's store
 when it first opens it and dropped after the run, so runs never see each other's rows and
 the server is left as it was found. With ``postgresql://auto`` the bench starts a
-:class:`~obelisk.testing.pgserver.ThrowawayPostgres` (fsync and synchronous_commit on, as a
+:class:`~obelisk.servers.postgres.ThrowawayPostgres` (fsync and synchronous_commit on, as a
 real deployment runs) and stops it at the end, even when a run fails.
 """
 
@@ -13,7 +13,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -21,11 +21,9 @@ import asyncpg
 from obelisk.bench.backends import Backend
 from obelisk.bench.measure import BenchError
 from obelisk.bench.raw_postgres import RawPostgresBaseline
+from obelisk.servers.postgres import ThrowawayPostgres
 from obelisk.store.base import EventStore
 from obelisk.store.postgres import PostgresEventStore
-
-if TYPE_CHECKING:
-    from obelisk.testing.pgserver import ThrowawayPostgres
 
 __all__ = ["AUTO_HOST", "PostgresBackend", "postgres_backend"]
 
@@ -124,12 +122,6 @@ class PostgresBackend(Backend):
         self.raw = RawPostgresBaseline(dsn)
 
     async def _start_server(self) -> str:
-        try:
-            from obelisk.testing.pgserver import ThrowawayPostgres
-        except ImportError as exc:  # obelisk.testing needs the dev extra (pytest, ...)
-            raise BenchError(
-                f"postgresql://auto needs obelisk's dev extra installed ({exc})"
-            ) from exc
         # fsync and synchronous_commit on (the helper's defaults): what production pays.
         server = ThrowawayPostgres()
         self._server = server

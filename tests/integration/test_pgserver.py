@@ -15,8 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from obelisk.testing import _pg_host, pgserver
-from obelisk.testing.pgserver import ThrowawayPostgres, find_postgres_bin
+from obelisk.servers import _host as _pg_host
+from obelisk.servers import postgres as pgserver
+from obelisk.servers.postgres import ThrowawayPostgres, find_postgres_bin
 
 CONFTEST = Path(__file__).parents[1] / "conftest.py"
 
@@ -311,7 +312,7 @@ async def test_the_command_line_prints_a_dsn_and_cleans_up_on_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "obelisk.testing.pgserver",
+        "obelisk.servers.postgres",
         "-c",
         "work_mem=6MB",
         stdin=asyncio.subprocess.DEVNULL,

@@ -20,9 +20,9 @@ import pytest
 
 from obelisk.domain.events import Event
 from obelisk.errors import StoreError, StoreUnavailable, ValidationError
+from obelisk.servers.postgres import ThrowawayPostgres
 from obelisk.store import NO_STREAM, AppendRequest, AppendResult
 from obelisk.store.postgres import PostgresEventStore
-from obelisk.testing.pgserver import ThrowawayPostgres
 
 from .test_postgres_subscriptions import backend_query, listener_of, listening
 from .test_subscriptions_local import SubscriptionReader, assert_exactly_once_in_order, until

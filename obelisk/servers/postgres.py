@@ -5,11 +5,11 @@ local port (TCP on 127.0.0.1 only, its Unix socket inside that folder) and delet
 again on ``stop()``. It needs PostgreSQL's server binaries (``initdb``, ``pg_ctl``, ``postgres``)
 on this machine, nothing else: no running cluster, no system service, no password.
 
-Run ``python -m obelisk.testing.pgserver`` to get a server by hand: it prints the DSN and stops
+Run ``python -m obelisk.servers.postgres`` to get a server by hand: it prints the DSN and stops
 the server on Ctrl-C or SIGTERM.
 
-The code uses only the standard library, but importing it runs ``obelisk.testing``'s
-``__init__``, which imports pytest and hypothesis: install the ``dev`` extra to use it.
+Standard library only: ``obelisk bench --store postgresql://auto`` uses it without the
+development extras.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-from obelisk.testing import _pg_host
-from obelisk.testing._pg_host import INSTALL_HINT, find_postgres_bin
+from obelisk.servers import _host as _pg_host
+from obelisk.servers._host import INSTALL_HINT, find_postgres_bin
 
 __all__ = ["INSTALL_HINT", "ThrowawayPostgres", "find_postgres_bin", "main"]
 
@@ -212,7 +212,7 @@ class ThrowawayPostgres:
         # rewrites it whole, and postgresql.conf keeps initdb's defaults for anyone reading it.
         with (data_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
             f.write(
-                f"\n# Added by obelisk.testing.pgserver: overrides the above.\n"
+                f"\n# Added by obelisk.servers.postgres: overrides the above.\n"
                 f"include '{_CONF_NAME}'\n"
             )
 
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m obelisk.testing.pgserver",
+        prog="python -m obelisk.servers.postgres",
         description="Run a throwaway PostgreSQL server until Ctrl-C; print its DSN.",
     )
     parser.add_argument("--port", type=int, help="TCP port (default: a free one)")

@@ -1,6 +1,7 @@
 """What ThrowawayPostgres needs from the machine: binaries, a user, a folder, a port.
 
-Kept apart from ``pgserver`` so the server's lifecycle reads on its own; standard library only.
+Kept apart from ``obelisk.servers.postgres`` so the server's lifecycle reads on its own;
+standard library only.
 """
 
 from __future__ import annotations
