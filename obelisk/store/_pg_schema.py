@@ -121,10 +121,11 @@ def append_statements(n: Names, offset: int) -> tuple[str, str]:
     and the whole statement fails, so a version check can never pass on a stale head.
 
     ``batch`` takes arrays, one element per part (``$1``-``$6``) or per event (``$7``-``$11``,
-    in part order); each stream appears at most once per call (the writer sees to it). A
-    job (``$4``) is written only if all of its parts pass, so a failed check fails only its
-    own append. It returns, per part: passed, the head it was checked against, and the
-    position of its first event.
+    in part order; a NULL array stands for all-default: no type, job = part, part = event,
+    no correlation, schema version 1). Each stream appears at most once per call (the
+    writer sees to it). A job (``$4``) is written only if all of its parts pass, so a
+    failed check fails only its own append. It returns, per part: passed, the head it was
+    checked against, and the position of its first event.
 
     ``solo`` is the same for the commonest batch, one append to one stream: a plan small
     enough to cost about what a bare INSERT does. It returns the written positions, or no
@@ -141,19 +142,21 @@ def append_statements(n: Names, offset: int) -> tuple[str, str]:
     )
     batch = f"""
 WITH parts AS (
-    SELECT u.part, u.s, u.e, u.j, u.t, u.c, u.k, {head.format(stream="u.s")} AS actual
+    SELECT u.part, u.s, u.e, coalesce(u.j, u.part) AS j, u.t, u.c, u.k,
+           {head.format(stream="u.s")} AS actual
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[])
          WITH ORDINALITY AS u(s, e, t, j, c, k, part)
 ), judged AS (
     SELECT p.*, bool_and(p.e = -1 OR p.e = p.actual) OVER (PARTITION BY p.j) AS ok
     FROM parts p
 ), rows AS (
-    SELECT d.part, d.s, d.actual, d.t, d.c, d.k, ev.id, ev.et, ev.sv, ev.data,
+    SELECT d.part, d.s, d.actual, d.t, d.c, d.k, ev.id, ev.et, coalesce(ev.sv, 1) AS sv,
+           ev.data,
            row_number() OVER (ORDER BY ev.ord) - 1 AS idx,
-           row_number() OVER (PARTITION BY ev.part ORDER BY ev.ord) AS step
+           row_number() OVER (PARTITION BY d.part ORDER BY ev.ord) AS step
     FROM unnest($7::integer[], $8::uuid[], $9::text[], $10::integer[], $11::bytea[])
          WITH ORDINALITY AS ev(part, id, et, sv, data, ord)
-    JOIN judged d ON d.part = ev.part
+    JOIN judged d ON d.part = coalesce(ev.part, ev.ord)
     WHERE d.ok
 ), base AS (
     SELECT {position} AS b

@@ -209,8 +209,13 @@ class PostgresWriter:
         taken: set[str] = set()
         events = 0
         for job in self._gathered:
-            streams = [part.stream_id for part in job.parts]
-            count = sum(len(part.events) for part in job.parts)
+            parts = job.parts
+            if len(parts) == 1:  # the common append: one stream
+                streams: list[str] = [parts[0].stream_id]
+                count = len(parts[0].events)
+            else:
+                streams = [part.stream_id for part in parts]
+                count = sum(len(part.events) for part in parts)
             if (
                 len(batch) < size
                 and events + count <= MAX_EVENTS_PER_TRANSACTION
@@ -225,7 +230,8 @@ class PostgresWriter:
             taken.update(streams)
         self._gathered = rest
         for job in batch:
-            blocked.update(part.stream_id for part in job.parts)
+            for part in job.parts:
+                blocked.add(part.stream_id)
         return batch
 
     async def _run(self, jobs: list[WriteJob]) -> None:
@@ -369,38 +375,37 @@ class PostgresWriter:
         return replayed_result(part.stream_id, [found.get(event_id) for event_id in ids])
 
 
-def _arguments(jobs: list[WriteJob]) -> tuple[list[Any], ...]:
-    streams: list[str] = []
-    expected: list[int] = []
-    stream_types: list[str | None] = []
-    job_index: list[int] = []
-    correlation: list[str | None] = []
-    causation: list[str | None] = []
-    event_part: list[int] = []
-    ids: list[bytes] = []
-    types: list[str] = []
-    schemas: list[int] = []
-    data: list[bytes] = []
-    part_number = 0
-    for number, job in enumerate(jobs):
-        for part in job.parts:
-            part_number += 1  # 1-based, as WITH ORDINALITY counts
-            streams.append(part.stream_id)
-            expected.append(part.expected_version)
-            stream_types.append(part.stream_type)
-            job_index.append(number)
-            correlation.append(part.correlation_id)
-            causation.append(part.causation_id)
-            for event in part.events:
-                event_part.append(part_number)
-                ids.append(event.event_id)
-                types.append(event.type_name)
-                schemas.append(event.schema_version)
-                data.append(event.data)
+def _arguments(jobs: list[WriteJob]) -> tuple[list[Any] | None, ...]:
+    """The batch statement's arrays; a column that holds only its default goes as NULL.
+
+    The statement reads a NULL array as all-default (``unnest`` pads it, ``coalesce``
+    fills it in). Most batches are one event per append with no correlation ids: five of
+    the eleven arrays then need not be built, sent, or checked element by element by the
+    driver.
+    """
+    parts = [part for job in jobs for part in job.parts]
+    events = [event for part in parts for event in part.events]
+    one_part_each = len(parts) == len(jobs)
+    one_event_each = len(events) == len(parts)
+    stream_types = [part.stream_type for part in parts]
+    correlation = [part.correlation_id for part in parts]
+    causation = [part.causation_id for part in parts]
+    schemas = [event.schema_version for event in events]
     return (
-        streams, expected, stream_types, job_index, correlation, causation,
-        event_part, ids, types, schemas, data,
-    )  # fmt: skip
+        [part.stream_id for part in parts],
+        [part.expected_version for part in parts],
+        None if not any(stream_types) else stream_types,
+        None if one_part_each else [n for n, job in enumerate(jobs) for _ in job.parts],
+        None if not any(correlation) else correlation,
+        None if not any(causation) else causation,
+        None if one_event_each else [
+            n for n, part in enumerate(parts, 1) for _ in part.events
+        ],
+        [event.event_id for event in events],
+        [event.type_name for event in events],
+        None if all(v == 1 for v in schemas) else schemas,
+        [event.data for event in events],
+    )
 
 
 def _judge(jobs: list[WriteJob], parts: list[PreparedAppend], rows: list[Any]) -> None:
