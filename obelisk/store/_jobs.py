@@ -21,6 +21,8 @@ class WriteJob(msgspec.Struct):
     results: list[AppendResult] | None = None
     error: BaseException | None = None
     on_settled: list[Callable[[], None]] | None = None
+    # What the caller awaits when it is not ``future`` (an append run in the caller's task).
+    key: object = None
 
 
 def fail(jobs: list[WriteJob], error: BaseException) -> None:
@@ -53,7 +55,7 @@ def settle(jobs: list[WriteJob]) -> None:
 def on_settled(jobs: list[WriteJob], future: object, callback: Callable[[], None]) -> bool:
     """Call ``callback`` when the job of ``future`` settles; False if it is not pending."""
     for job in jobs:
-        if job.future is future:
+        if job.future is future or job.key is future:
             if job.on_settled is None:
                 job.on_settled = []
             job.on_settled.append(callback)

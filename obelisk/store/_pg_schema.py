@@ -20,7 +20,7 @@ raises the offset once, so new positions still sort after every stored one.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NamedTuple
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -33,6 +33,7 @@ __all__ = [
     "MAX_EVENTS_PER_TRANSACTION",
     "SCHEMA_VERSION",
     "Names",
+    "AppendStatements",
     "append_statements",
     "ensure_schema",
 ]
@@ -112,8 +113,16 @@ MIGRATIONS: Final = ((1, _migration_1),)
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 
-def append_statements(n: Names, offset: int) -> tuple[str, str]:
-    """The two statements that append: one group-commit batch each, one round trip.
+class AppendStatements(NamedTuple):
+    """The statements that append (see :func:`append_statements`)."""
+
+    batch: str
+    solo: str
+    single: str
+
+
+def append_statements(n: Names, offset: int) -> AppendStatements:
+    """The statements that append: one group-commit batch each, one round trip.
 
     Both run as single statements (their own transaction, committed when they end). The
     head of a stream is read from the (stream_id, version) index; if another writer commits
@@ -130,6 +139,10 @@ def append_statements(n: Names, offset: int) -> tuple[str, str]:
     ``solo`` is the same for the commonest batch, one append to one stream: a plan small
     enough to cost about what a bare INSERT does. It returns the written positions, or no
     row when the expected version did not match.
+
+    ``single`` is ``solo`` for one event, its values passed as scalars: the most common
+    append of all (a command that records one event) then skips building, sending and
+    unnesting four one-element arrays.
     """
     position = f"((pg_current_xact_id()::text::bigint + {offset}) << {INDEX_BITS})"
     head = (
@@ -183,7 +196,14 @@ FROM (SELECT {head.format(stream="$1::text")} AS v) h,
          WITH ORDINALITY AS ev(id, et, sv, data, ord)
 WHERE $2::bigint = -1 OR $2::bigint = h.v
 RETURNING position, version"""
-    return batch, solo
+    single = f"""
+INSERT INTO {n.events} ({columns})
+SELECT {position}, $1, h.v + 1, $6, $7, $8, $9,
+       extract(epoch FROM statement_timestamp()), $4, $5, CASE WHEN h.v = 0 THEN $3 END
+FROM (SELECT {head.format(stream="$1::text")} AS v) h
+WHERE $2::bigint = -1 OR $2::bigint = h.v
+RETURNING position, version"""
+    return AppendStatements(batch, solo, single)
 
 
 async def ensure_schema(conn: AnyConnection, names: Names, codec_name: str) -> int:

@@ -34,14 +34,20 @@ class ConnectionShelf:
             return self._free.pop()
         return await self._pool.acquire()
 
-    async def give_back(self, conn: PoolConnectionProxy) -> None:
-        """Keep ``conn`` for the next use, or return it to the pool."""
+    def keep(self, conn: PoolConnectionProxy) -> bool:
+        """Keep ``conn`` for the next use if it is healthy and there is room; else False."""
         try:
             healthy = not conn.is_closed()
         except asyncpg.exceptions.InterfaceError:
-            return  # the pool was terminated under us: the connection is gone already
+            return True  # the pool was terminated under us: nothing left to give back
         if healthy and not self._closing and len(self._free) < self._keep:
             self._free.append(conn)
+            return True
+        return False
+
+    async def give_back(self, conn: PoolConnectionProxy) -> None:
+        """Keep ``conn`` for the next use, or return it to the pool."""
+        if self.keep(conn):
             return
         try:
             await self._pool.release(conn)

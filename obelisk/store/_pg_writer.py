@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from obelisk.errors import (
     ConcurrencyError,
@@ -87,8 +88,7 @@ def translate(exc: BaseException, doing: str) -> StoreError:
         error: StoreError = StoreUnavailable(f"PostgreSQL did not answer in time while {doing}")
     elif isinstance(exc, _TIMEOUT_ERRORS):
         error = StoreUnavailable(
-            f"PostgreSQL cancelled the statement while {doing} (statement or lock timeout): "
-            f"{exc}"
+            f"PostgreSQL cancelled the statement while {doing} (statement or lock timeout): {exc}"
         )
     elif is_connection_error(exc):
         error = StoreUnavailable(
@@ -118,10 +118,8 @@ class PostgresWriter:
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._on_commit = on_commit
-        self._batch, self._solo = append_statements(names, offset)
-        self._head = (
-            f"SELECT coalesce(max(version), 0) FROM {names.events} WHERE stream_id = $1"
-        )
+        self._statements = append_statements(names, offset)
+        self._head = f"SELECT coalesce(max(version), 0) FROM {names.events} WHERE stream_id = $1"
         self._lookup = (
             f"SELECT event_id, stream_id, version, position FROM {names.events} "
             "WHERE event_id = ANY($1::uuid[])"
@@ -136,6 +134,9 @@ class PostgresWriter:
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
         self._closing = False
+        # Whether the last append ran alone (nothing else was waiting): a sequential caller.
+        # Only then does the next append on an idle writer run in its caller's task.
+        self._lone = True
         self.batches = 0
         self.jobs = 0
 
@@ -148,12 +149,82 @@ class PostgresWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[AppendResult]] = loop.create_future()
         self._gathered.append(WriteJob(parts, future))
+        self._schedule_pump()
+        return future
+
+    def _schedule_pump(self) -> None:
         self._idle.clear()
         if not self._pump_scheduled:
             # At the end of this loop iteration, so every task ready now joins the batch.
             self._pump_scheduled = True
-            loop.call_soon(self._pump)
-        return future
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def append(self, parts: list[PreparedAppend]) -> Awaitable[list[AppendResult]]:
+        """Append ``parts``: in the caller's task when the writer is idle, else batched.
+
+        A sequential caller (one append at a time, nothing else waiting) gains nothing from
+        a batch but pays for the hand-over to the writer's task and back: measured at about
+        40 microseconds, a fifth of the whole append. Under concurrency appends keep being
+        batched: the fast path is only taken while the last append also ran alone.
+        """
+        if (
+            self._closing
+            or not self._lone
+            or self._gathered
+            or self._running
+            or any(part.ids_given for part in parts)  # replays need their own transaction
+        ):
+            return self.submit(parts)
+        job = WriteJob(parts, asyncio.get_running_loop().create_future())
+        call = self._append_here(job)
+        job.key = call
+        return call
+
+    async def _append_here(self, job: WriteJob) -> list[AppendResult]:
+        if self._closing or self._gathered or self._running:
+            # Something else started between the call and the await: join the batches.
+            self._gathered.append(job)
+            self._schedule_pump()
+            return await job.future
+        batch = [job]
+        self._start(batch)
+        conn: PoolConnectionProxy | None = None
+        try:
+            conn = await self._shelf.take()
+            await self._commit_on(conn, batch)
+        except asyncio.CancelledError:
+            # The caller was cancelled; the server may still commit the statement. The
+            # job settles (releasing whoever waits on it) once the connection is usable
+            # again, which asyncpg allows only after the server has finished with it.
+            job.future.cancel()
+            self._spawn(self._settle_cancelled(batch, conn))
+            raise
+        except Exception as exc:
+            fail(batch, translate(exc, "connecting"))
+        if conn is not None and not self._shelf.keep(conn):
+            # Returned to the pool in the background: this task must not suspend between
+            # the commit and _finish, or a cancellation here would strand the batch.
+            self._spawn(self._shelf.give_back(conn))
+        self._finish(batch)
+        if job.error is not None:
+            job.future.cancel()  # nobody awaits it: the error is raised here
+            raise job.error
+        assert job.results is not None
+        return job.results
+
+    async def _settle_cancelled(
+        self, batch: list[WriteJob], conn: PoolConnectionProxy | None
+    ) -> None:
+        try:
+            if conn is not None:
+                try:
+                    await conn.fetchval("SELECT 1")
+                except Exception as exc:  # a broken connection: the pool replaces it
+                    _log.debug("connection after a cancelled append: %s", exc)
+                await self._shelf.give_back(conn)
+        finally:
+            fail(batch, StoreError("the caller was cancelled during this append"))
+            self._finish(batch, maybe_committed=True)
 
     def when_settled(self, future: object, callback: Callable[[], None]) -> bool:
         """Register ``callback`` for the job of ``future`` if it is still pending."""
@@ -184,9 +255,32 @@ class PostgresWriter:
 
     # -- forming batches -----------------------------------------------------------------
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start(self, batch: list[WriteJob]) -> None:
+        self._running.append(batch)
+        self._idle.clear()
+        for job in batch:
+            for part in job.parts:
+                self._busy_streams.add(part.stream_id)
+
+    def _finish(self, batch: list[WriteJob], maybe_committed: bool = False) -> None:
+        self._running.remove(batch)
+        for job in batch:
+            self._busy_streams.difference_update(part.stream_id for part in job.parts)
+        self.batches += 1
+        self.jobs += len(batch)
+        self._lone = len(batch) == 1 and not self._running and not self._gathered
+        if maybe_committed or any(job.results for job in batch):
+            self._on_commit()
+        settle(batch)
+        self._pump()
+
     def _pump(self) -> None:
         self._pump_scheduled = False
-        loop = asyncio.get_running_loop()
         while self._gathered and len(self._running) < self._max_in_flight:
             free = self._max_in_flight - len(self._running)
             waiting = len(self._gathered)
@@ -194,10 +288,8 @@ class PostgresWriter:
             batch = self._take(min(target, self._max_batch))
             if not batch:
                 break  # everything left waits for a stream in a running batch
-            self._running.append(batch)
-            task = loop.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(batch)
+            self._spawn(self._run(batch))
         if not self._gathered and not self._running:
             self._idle.set()
 
@@ -229,9 +321,6 @@ class PostgresWriter:
             # Later jobs on these streams must not overtake this one.
             taken.update(streams)
         self._gathered = rest
-        for job in batch:
-            for part in job.parts:
-                blocked.add(part.stream_id)
         return batch
 
     async def _run(self, jobs: list[WriteJob]) -> None:
@@ -254,15 +343,7 @@ class PostgresWriter:
             )
             raise
         finally:
-            self._running.remove(jobs)
-            for job in jobs:
-                self._busy_streams.difference_update(part.stream_id for part in job.parts)
-            self.batches += 1
-            self.jobs += len(jobs)
-            if any(job.results for job in jobs):
-                self._on_commit()
-            settle(jobs)
-            self._pump()
+            self._finish(jobs)
 
     # -- talking to the server -----------------------------------------------------------
 
@@ -272,6 +353,16 @@ class PostgresWriter:
         except Exception as exc:
             fail(jobs, translate(exc, "connecting"))
             return
+        try:
+            await self._commit_on(conn, jobs)
+        finally:
+            # The writer keeps its connections between batches: borrowing one from the pool
+            # per batch cost several event-loop turns. A broken one goes back to the pool,
+            # which replaces it.
+            await self._shelf.give_back(conn)
+
+    async def _commit_on(self, conn: AnyConnection, jobs: list[WriteJob]) -> None:
+        """Commit ``jobs`` in one statement on ``conn``; on a conflict, one by one."""
         try:
             await self._append(conn, jobs)
         except asyncpg.exceptions.DataError as exc:
@@ -284,11 +375,6 @@ class PostgresWriter:
             # another writer, a lock timeout): go one by one, so only the culprit fails.
             for job in jobs:
                 await self._commit_alone(job)
-        finally:
-            # The writer keeps its connections between batches: borrowing one from the pool
-            # per batch cost several event-loop turns. A broken one goes back to the pool,
-            # which replaces it.
-            await self._shelf.give_back(conn)
 
     async def release_connections(self) -> None:
         """Give the connections the writer keeps back to the pool (before it closes)."""
@@ -300,23 +386,38 @@ class PostgresWriter:
             await self._append_solo(conn, jobs[0])
             return
         parts = [part for job in jobs for part in job.parts]
-        _judge(jobs, parts, await conn.fetch(self._batch, *_arguments(jobs)))
+        _judge(jobs, parts, await conn.fetch(self._statements.batch, *_arguments(jobs)))
 
     async def _append_solo(self, conn: AnyConnection, job: WriteJob) -> None:
         (part,) = job.parts
         events = part.events
-        rows = await conn.fetch(
-            self._solo,
-            part.stream_id,
-            part.expected_version,
-            part.stream_type,
-            part.correlation_id,
-            part.causation_id,
-            [event.event_id for event in events],
-            [event.type_name for event in events],
-            [event.schema_version for event in events],
-            [event.data for event in events],
-        )
+        if len(events) == 1:
+            (event,) = events
+            rows = await conn.fetch(
+                self._statements.single,
+                part.stream_id,
+                part.expected_version,
+                part.stream_type,
+                part.correlation_id,
+                part.causation_id,
+                event.event_id,
+                event.type_name,
+                event.schema_version,
+                event.data,
+            )
+        else:
+            rows = await conn.fetch(
+                self._statements.solo,
+                part.stream_id,
+                part.expected_version,
+                part.stream_type,
+                part.correlation_id,
+                part.causation_id,
+                [event.event_id for event in events],
+                [event.type_name for event in events],
+                [event.schema_version for event in events],
+                [event.data for event in events],
+            )
         if rows:
             first, last = rows[0], rows[-1]
             job.results = [AppendResult(part.stream_id, last[1], first[0], last[0])]
@@ -364,9 +465,7 @@ class PostgresWriter:
             results = [result if result is not None else next(fresh) for result in results]
         return [result for result in results if result is not None]
 
-    async def _replayed(
-        self, conn: AnyConnection, part: PreparedAppend
-    ) -> AppendResult | None:
+    async def _replayed(self, conn: AnyConnection, part: PreparedAppend) -> AppendResult | None:
         ids = [event.event_id for event in part.events]
         rows = await conn.fetch(self._lookup, ids)
         if not rows:
@@ -398,9 +497,7 @@ def _arguments(jobs: list[WriteJob]) -> tuple[list[Any] | None, ...]:
         None if one_part_each else [n for n, job in enumerate(jobs) for _ in job.parts],
         None if not any(correlation) else correlation,
         None if not any(causation) else causation,
-        None if one_event_each else [
-            n for n, part in enumerate(parts, 1) for _ in part.events
-        ],
+        None if one_event_each else [n for n, part in enumerate(parts, 1) for _ in part.events],
         [event.event_id for event in events],
         [event.type_name for event in events],
         None if all(v == 1 for v in schemas) else schemas,

@@ -285,7 +285,7 @@ class PostgresEventStore(EventStore):
 
     # -- writing -------------------------------------------------------------------------
 
-    def append_many(self, requests: Sequence[AppendRequest]) -> asyncio.Future[list[AppendResult]]:
+    def append_many(self, requests: Sequence[AppendRequest]) -> Awaitable[list[AppendResult]]:
         if self._writer is None:
             raise StoreClosed(f"{self!r} is not open")
         parts = prepare_appends(requests, self.codec)
@@ -295,7 +295,7 @@ class PostgresEventStore(EventStore):
                 f"an append holds at most {MAX_EVENTS_PER_TRANSACTION} events on PostgreSQL "
                 f"(got {count}); split it, or use import_events for bulk loads"
             )
-        return self._writer.submit(parts)
+        return self._writer.append(parts)
 
     def when_settled(self, append: Awaitable[object], callback: Callable[[], None]) -> bool:
         writer = self._writer

@@ -316,6 +316,48 @@ async def test_an_append_that_times_out_on_a_locked_stream_raises_store_unavaila
         assert await store.stream_version("locked") == 1
 
 
+async def test_a_cancelled_lone_append_settles_only_once_the_server_is_done_with_it(
+    postgres_dsn: str, pg_schema: str, sql: asyncpg.Connection, loop_errors: list[object]
+) -> None:
+    """A lone append runs in its caller's task; cancelling the caller must not let the
+    unit of work behind it go on while the server may still commit the statement."""
+    async with PostgresEventStore(postgres_dsn, schema=pg_schema, pool_min_size=1) as store:
+        await store.append("held", _note(1), NO_STREAM)  # alone: the next one runs in place
+        async with _holding_next_version(sql, pg_schema, "held"):
+            append = store.append_many([AppendRequest("held", _note(2), expected_version=1)])
+
+            async def caller() -> list[AppendResult]:
+                return await append
+
+            task = asyncio.create_task(caller())
+            await asyncio.wait_for(_until_waiting_on_a_lock(sql), WAIT)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            settled = asyncio.Event()
+            assert store.when_settled(append, settled.set), "settled before the server answered"
+            await asyncio.wait_for(settled.wait(), WAIT)
+            # Settled means the server has finished with the statement: it no longer waits.
+            assert not await _waiting_on_a_lock(sql)
+        # The server cancelled it, so nothing of it landed; the stream goes on as before.
+        assert [e.event for e in await store.read_stream("held")] == _note(1)
+        assert (await store.append("held", _note(2), expected_version=1)).version == 2
+
+
+async def _until_waiting_on_a_lock(sql: asyncpg.Connection) -> None:
+    # Polling: the server has no event to wait on for another backend starting to wait.
+    while not await _waiting_on_a_lock(sql):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+async def _waiting_on_a_lock(sql: asyncpg.Connection) -> bool:
+    waiting = await sql.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    return bool(waiting)
+
+
 @contextlib.asynccontextmanager
 async def _holding_next_version(
     sql: asyncpg.Connection, schema: str, stream: str
