@@ -386,7 +386,11 @@ class PostgresWriter:
             await self._append_solo(conn, jobs[0])
             return
         parts = [part for job in jobs for part in job.parts]
-        _judge(jobs, parts, await conn.fetch(self._statements.batch, *_arguments(jobs)))
+        if len(parts) == len(jobs) and all(len(part.events) == 1 for part in parts):
+            rows = await conn.fetch(self._statements.flat, *_flat_arguments(parts))
+        else:
+            rows = await conn.fetch(self._statements.batch, *_arguments(jobs))
+        _judge(jobs, parts, rows)
 
     async def _append_solo(self, conn: AnyConnection, job: WriteJob) -> None:
         (part,) = job.parts
@@ -498,6 +502,26 @@ def _arguments(jobs: list[WriteJob]) -> tuple[list[Any] | None, ...]:
         None if not any(correlation) else correlation,
         None if not any(causation) else causation,
         None if one_event_each else [n for n, part in enumerate(parts, 1) for _ in part.events],
+        [event.event_id for event in events],
+        [event.type_name for event in events],
+        None if all(v == 1 for v in schemas) else schemas,
+        [event.data for event in events],
+    )
+
+
+def _flat_arguments(parts: list[PreparedAppend]) -> tuple[list[Any] | None, ...]:
+    """The flat statement's arrays (one event per append); defaults go as NULL arrays."""
+    events = [part.events[0] for part in parts]
+    stream_types = [part.stream_type for part in parts]
+    correlation = [part.correlation_id for part in parts]
+    causation = [part.causation_id for part in parts]
+    schemas = [event.schema_version for event in events]
+    return (
+        [part.stream_id for part in parts],
+        [part.expected_version for part in parts],
+        None if not any(stream_types) else stream_types,
+        None if not any(correlation) else correlation,
+        None if not any(causation) else causation,
         [event.event_id for event in events],
         [event.type_name for event in events],
         None if all(v == 1 for v in schemas) else schemas,

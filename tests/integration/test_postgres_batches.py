@@ -1,8 +1,9 @@
-"""Appends made one at a time run in their caller's task; concurrent ones are still batched.
+"""How the PostgreSQL writer turns appends into statements.
 
-The writer hands an append to its own task only when that buys a batch. These tests pin
-where each append's statement runs, and that the fast path gives way under concurrency
-and comes back once appends arrive alone again.
+Appends made one at a time run in their caller's task; concurrent ones are batched, the
+writer handing an append to its own task only when that buys a batch. A batch of
+one-event appends runs the flat statement, any other batch the general one: in both, an
+append whose version check fails fails alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from obelisk.errors import ConcurrencyError
 from obelisk.store import NO_STREAM
 from obelisk.store._jobs import WriteJob
 from obelisk.store._pg_schema import AnyConnection
@@ -81,3 +83,45 @@ async def test_concurrent_appends_are_batched_and_lone_appends_come_back_to_the_
     assert tasks[0] is not asyncio.current_task()
     assert tasks[1] is asyncio.current_task()
     assert await store.stream_version("after-2") == 1
+
+
+@pytest.mark.parametrize("events_each", [1, 3], ids=["flat-statement", "general-statement"])
+async def test_a_stale_append_in_a_batch_fails_alone_and_the_others_commit(
+    store: PostgresEventStore, events_each: int
+) -> None:
+    streams = [f"b-{n}" for n in range(12)]
+    for stream in streams:
+        await store.append(stream, [ContractDeposited(amount=0)], NO_STREAM)
+    writer = store._writer
+    assert writer is not None
+    batches_before = writer.batches
+
+    def events(n: int) -> list[ContractDeposited]:
+        return [ContractDeposited(amount=n * 10 + k) for k in range(events_each)]
+
+    # Even streams are appended at their head; odd ones claim to be new, which is stale.
+    outcomes = await asyncio.gather(
+        *(
+            store.append(stream, events(n), 1 if n % 2 == 0 else NO_STREAM)
+            for n, stream in enumerate(streams)
+        ),
+        return_exceptions=True,
+    )
+
+    assert writer.batches - batches_before < len(streams), "the appends were never batched"
+    positions = []
+    for n, (stream, outcome) in enumerate(zip(streams, outcomes, strict=True)):
+        stored = await store.read_stream(stream)
+        if n % 2 == 0:
+            assert not isinstance(outcome, BaseException), outcome
+            assert outcome.version == 1 + events_each
+            assert [e.event for e in stored[1:]] == events(n)
+            assert [e.position for e in stored[1:]] == list(
+                range(outcome.first_position, outcome.last_position + 1)
+            )
+            positions.append(outcome.first_position)
+        else:
+            assert isinstance(outcome, ConcurrencyError), outcome
+            assert (outcome.expected, outcome.actual) == (NO_STREAM, 1)
+            assert [e.version for e in stored] == [1]
+    assert len(set(positions)) == len(positions)
