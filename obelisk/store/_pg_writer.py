@@ -45,7 +45,7 @@ from obelisk.store._pg_schema import (
 )
 from obelisk.store._pg_shelf import ConnectionShelf
 from obelisk.store.base import PreparedAppend
-from obelisk.store.records import ANY, AppendResult
+from obelisk.store.records import ANY, NO_STREAM, AppendResult
 
 __all__ = ["PostgresWriter", "is_connection_error", "translate"]
 
@@ -395,6 +395,9 @@ class PostgresWriter:
     async def _append_solo(self, conn: AnyConnection, job: WriteJob) -> None:
         (part,) = job.parts
         events = part.events
+        if len(events) == 1 and part.expected_version == NO_STREAM:
+            await self._create(conn, job, part)
+            return
         if len(events) == 1:
             (event,) = events
             rows = await conn.fetch(
@@ -430,6 +433,27 @@ class PostgresWriter:
             actual = await conn.fetchval(self._head, part.stream_id)
             job.results = None
             job.error = ConcurrencyError(part.stream_id, part.expected_version, actual)
+
+    async def _create(self, conn: AnyConnection, job: WriteJob, part: PreparedAppend) -> None:
+        event = part.events[0]
+        position = await conn.fetchval(
+            self._statements.create,
+            part.stream_id,
+            event.event_id,
+            event.type_name,
+            event.schema_version,
+            event.data,
+            part.correlation_id,
+            part.causation_id,
+            part.stream_type,
+        )
+        if position is not None:
+            job.results = [AppendResult(part.stream_id, 1, position, position)]
+            job.error = None
+        else:
+            actual = await conn.fetchval(self._head, part.stream_id)
+            job.results = None
+            job.error = ConcurrencyError(part.stream_id, NO_STREAM, actual)
 
     async def _commit_alone(self, job: WriteJob) -> None:
         """One job in its own transaction, retried while other writers take its versions."""
