@@ -67,6 +67,9 @@ class Aggregate:
     """
 
     aggregate_type: ClassVar[str] = "Aggregate"
+    state_version: ClassVar[int] = 1
+    """Bump when the state's meaning changes in a way its types cannot show: snapshots
+    taken under another version are then ignored (the aggregate is replayed instead)."""
     _dispatch: ClassVar[dict[type[Event], _Handler] | None] = None
     _mutable_defaults: ClassVar[tuple[tuple[str, Any], ...]] = ()
 

@@ -8,8 +8,10 @@ from obelisk.store.records import (
     NO_STREAM,
     AppendRequest,
     AppendResult,
+    Snapshot,
     StoredEvent,
     StreamInfo,
+    StreamSize,
     validate_stream_id,
 )
 from obelisk.store.sqlite import SQLiteEventStore
@@ -26,8 +28,10 @@ __all__ = [
     "MemoryEventStore",
     "MsgPackCodec",
     "SQLiteEventStore",
+    "Snapshot",
     "StoredEvent",
     "StreamInfo",
+    "StreamSize",
     "store_from_url",
     "validate_stream_id",
 ]

@@ -72,6 +72,7 @@ class Names:
         self.schema = f'"{schema}"'
         self.events = self._name("events")
         self.meta = self._name("meta")
+        self.snapshots = self._name("snapshots")
         # NOTIFY channel: one per store, so two stores in one database wake only their own.
         self.channel = f"{schema}.{prefix}events"
 
@@ -109,7 +110,21 @@ def _migration_1(n: Names) -> tuple[str, ...]:
     )
 
 
-MIGRATIONS: Final = ((1, _migration_1),)
+def _migration_2(n: Names) -> tuple[str, ...]:
+    return (
+        # One snapshot per stream, the newest: loads read it, then the events after it.
+        f"""CREATE TABLE IF NOT EXISTS {n.snapshots} (
+            stream_id text COLLATE "C" PRIMARY KEY,
+            version bigint NOT NULL,
+            aggregate_type text NOT NULL,
+            schema_version integer NOT NULL,
+            state bytea NOT NULL,
+            taken_at double precision NOT NULL
+        )""",
+    )
+
+
+MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2))
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 

@@ -46,6 +46,20 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 ON obelisk_events (event_id)""",
         ),
     ),
+    (
+        2,
+        (
+            # One snapshot per stream, the newest: loads read it, then the events after it.
+            """CREATE TABLE IF NOT EXISTS obelisk_snapshots (
+                stream_id TEXT PRIMARY KEY,
+                version INTEGER NOT NULL,
+                aggregate_type TEXT NOT NULL,
+                schema_version INTEGER NOT NULL,
+                state BLOB NOT NULL,
+                taken_at REAL NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -23,20 +23,49 @@ from obelisk.store.records import (
     ANY,
     AppendRequest,
     AppendResult,
+    Snapshot,
     StoredEvent,
     StreamInfo,
+    StreamSize,
     new_event_id,
     validate_stream_id,
 )
 from obelisk.store.subscription import Subscription, WakeChannel
 
-__all__ = ["EncodedEvent", "EventStore", "PreparedAppend", "check_limit", "prepare_appends"]
+__all__ = [
+    "EncodedEvent",
+    "EventStore",
+    "PreparedAppend",
+    "check_limit",
+    "prepare_appends",
+    "validate_snapshot",
+]
 
 
 def check_limit(limit: int | None) -> None:
     """Refuse a negative read limit (backends would disagree on what it means)."""
     if limit is not None and (type(limit) is not int or limit < 0):
         raise ValidationError(f"limit must be an int >= 0, got {limit!r}")
+
+
+def validate_snapshot(snapshot: object) -> Snapshot:
+    """Return ``snapshot`` if every field is sound, else raise ValidationError saying why."""
+    if not isinstance(snapshot, Snapshot):
+        raise ValidationError(f"expected a Snapshot, got {type(snapshot).__name__}")
+    validate_stream_id(snapshot.stream_id)
+    if type(snapshot.version) is not int or snapshot.version < 1:
+        raise ValidationError(f"a snapshot's version must be an int >= 1, got {snapshot.version!r}")
+    if not isinstance(snapshot.aggregate_type, str) or not snapshot.aggregate_type:
+        raise ValidationError("a snapshot needs its aggregate type")
+    if type(snapshot.schema_version) is not int:
+        raise ValidationError(
+            f"a snapshot's schema version must be an int, got {snapshot.schema_version!r}"
+        )
+    if not isinstance(snapshot.state, bytes):
+        raise ValidationError(
+            f"a snapshot's state must be bytes, got {type(snapshot.state).__name__}"
+        )
+    return snapshot
 
 
 class EncodedEvent(msgspec.Struct, gc=False):
@@ -245,6 +274,32 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
         """Streams ordered by id, after the id ``after``: for tools, not for hot paths."""
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        """Store snapshots, one per stream: a newer version replaces an older one, never
+        the other way round (two processes may snapshot the same stream at once).
+
+        Snapshots are a cache of state the events already hold: stores may write them
+        without waiting for them to be durable.
+        """
+
+    @abc.abstractmethod
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stored snapshot of ``stream_id``, or None."""
+
+    @abc.abstractmethod
+    async def delete_snapshot(self, stream_id: str, version: int) -> None:
+        """Remove the snapshot of ``stream_id`` if it is still the one at ``version``."""
+
+    @abc.abstractmethod
+    async def stream_sizes(self, *, limit: int = 20) -> list[StreamSize]:
+        """The ``limit`` largest streams by event count, largest first: for tools.
+
+        Reads every event row once (a full scan): not for hot paths.
+        """
 
     # -- following -----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from obelisk.store.base import (
     PreparedAppend,
     check_limit,
     prepare_appends,
+    validate_snapshot,
 )
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import (
@@ -26,8 +27,10 @@ from obelisk.store.records import (
     NO_STREAM,
     AppendRequest,
     AppendResult,
+    Snapshot,
     StoredEvent,
     StreamInfo,
+    StreamSize,
     validate_stream_id,
 )
 
@@ -59,6 +62,7 @@ class MemoryEventStore(EventStore):
         self._log: list[_Row] = []
         self._streams: dict[str, _Stream] = {}
         self._ids: dict[bytes, _Row] = {}
+        self._snapshots: dict[str, Snapshot] = {}
         self._closed = False
 
     async def open(self) -> None:
@@ -215,3 +219,42 @@ class MemoryEventStore(EventStore):
                        len(self._streams[sid].rows))
             for sid in ids
         ]
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        self._check_open()
+        for snapshot in snapshots:
+            validate_snapshot(snapshot)  # all first: a refused call saves nothing
+        for snapshot in snapshots:
+            held = self._snapshots.get(snapshot.stream_id)
+            if held is None or held.version <= snapshot.version:
+                self._snapshots[snapshot.stream_id] = snapshot
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        self._check_open()
+        return self._snapshots.get(validate_stream_id(stream_id))
+
+    async def delete_snapshot(self, stream_id: str, version: int) -> None:
+        self._check_open()
+        held = self._snapshots.get(validate_stream_id(stream_id))
+        if held is not None and held.version == version:
+            del self._snapshots[stream_id]
+
+    async def stream_sizes(self, *, limit: int = 20) -> list[StreamSize]:
+        self._check_open()
+        check_limit(limit)
+        largest = sorted(self._streams.items(), key=lambda item: -len(item[1].rows))[:limit]
+        out = []
+        for stream_id, stream in largest:
+            snapshot = self._snapshots.get(stream_id)
+            out.append(
+                StreamSize(
+                    stream_id,
+                    stream.stream_type,
+                    len(stream.rows),
+                    sum(len(row.encoded.data) for row in stream.rows),
+                    None if snapshot is None else snapshot.version,
+                )
+            )
+        return out

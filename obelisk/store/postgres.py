@@ -30,9 +30,16 @@ from obelisk.store._pg_schema import (
 )
 from obelisk.store._pg_shelf import ConnectionShelf
 from obelisk.store._pg_writer import PostgresWriter, translate
-from obelisk.store.base import EventStore, check_limit, prepare_appends
+from obelisk.store.base import EventStore, check_limit, prepare_appends, validate_snapshot
 from obelisk.store.codec import EventCodec, JsonCodec
-from obelisk.store.records import AppendRequest, AppendResult, StoredEvent, StreamInfo
+from obelisk.store.records import (
+    AppendRequest,
+    AppendResult,
+    Snapshot,
+    StoredEvent,
+    StreamInfo,
+    StreamSize,
+)
 from obelisk.store.records import validate_stream_id as _valid
 from obelisk.store.subscription import WakeChannel
 
@@ -364,6 +371,24 @@ class PostgresEventStore(EventStore):
             "WHERE f.stream_id = e.stream_id AND f.version = 1), max(e.version) "
             f"FROM {n.events} e WHERE e.stream_id > $1 GROUP BY e.stream_id "
             "ORDER BY e.stream_id LIMIT $2",
+            "snapshot": "SELECT stream_id, version, aggregate_type, schema_version, state, "
+            f"taken_at FROM {n.snapshots} WHERE stream_id = $1",
+            # A full scan: for `obelisk inspect`, never on a hot path.
+            "sizes": "SELECT e.stream_id, (SELECT f.stream_type FROM "
+            f"{n.events} f WHERE f.stream_id = e.stream_id AND f.version = 1), count(*), "
+            f"sum(octet_length(e.data))::bigint, s.version FROM {n.events} e "
+            f"LEFT JOIN {n.snapshots} s ON s.stream_id = e.stream_id "
+            "GROUP BY e.stream_id, s.version ORDER BY count(*) DESC, e.stream_id LIMIT $1",
+            # A snapshot replaces the stored one unless that one is newer (two processes
+            # may snapshot one stream at once; the later version is the more useful).
+            "save_snapshots": f"INSERT INTO {n.snapshots} AS s (stream_id, version, "
+            "aggregate_type, schema_version, state, taken_at) SELECT * FROM unnest("
+            "$1::text[], $2::bigint[], $3::text[], $4::integer[], $5::bytea[], "
+            "$6::float8[]) ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, "
+            "aggregate_type = excluded.aggregate_type, "
+            "schema_version = excluded.schema_version, state = excluded.state, "
+            "taken_at = excluded.taken_at WHERE excluded.version >= s.version",
+            "delete_snapshot": f"DELETE FROM {n.snapshots} WHERE stream_id = $1 AND version = $2",
         }
 
     async def _fetch(self, key: str, *args: Any) -> list[Any]:
@@ -444,6 +469,57 @@ class PostgresEventStore(EventStore):
         rows = await self._fetch("streams", after or "", limit)
         # Versions count from 1 with no holes, so a stream's version is its event count.
         return [StreamInfo(sid, stype, version, version) for sid, stype, version in rows]
+
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        for snapshot in snapshots:
+            validate_snapshot(snapshot)
+        if not snapshots:
+            return
+        # One stream once per statement (ON CONFLICT cannot touch a row twice): the newest.
+        newest: dict[str, Snapshot] = {}
+        for snapshot in snapshots:
+            held = newest.get(snapshot.stream_id)
+            if held is None or held.version <= snapshot.version:
+                newest[snapshot.stream_id] = snapshot
+        rows = list(newest.values())
+        pool = self._live_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # A snapshot is a cache of what the events hold: its commit need not wait
+                # for its own fsync (a crash loses at most a shortcut).
+                await conn.execute("SET LOCAL synchronous_commit TO off")
+                await conn.execute(
+                    self._sql["save_snapshots"],
+                    [s.stream_id for s in rows],
+                    [s.version for s in rows],
+                    [s.aggregate_type for s in rows],
+                    [s.schema_version for s in rows],
+                    [s.state for s in rows],
+                    [s.taken_at for s in rows],
+                )
+        except asyncpg.exceptions.DataError as exc:
+            raise ValidationError(f"PostgreSQL refused a snapshot: {exc}") from exc
+        except Exception as exc:
+            raise translate(exc, "saving snapshots") from exc
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        rows = await self._fetch("snapshot", _valid(stream_id))
+        return Snapshot(*rows[0]) if rows else None
+
+    async def delete_snapshot(self, stream_id: str, version: int) -> None:
+        try:
+            await self._live_pool().execute(
+                self._sql["delete_snapshot"], _valid(stream_id), version
+            )
+        except Exception as exc:
+            raise translate(exc, "deleting a snapshot") from exc
+
+    async def stream_sizes(self, *, limit: int = 20) -> list[StreamSize]:
+        check_limit(limit)
+        return [StreamSize(*row) for row in await self._fetch("sizes", limit)]
 
 
 class _Listener:

@@ -20,7 +20,9 @@ __all__ = [
     "AppendRequest",
     "AppendResult",
     "StoredEvent",
+    "Snapshot",
     "StreamInfo",
+    "StreamSize",
     "new_event_id",
     "validate_stream_id",
 ]
@@ -131,3 +133,37 @@ class StreamInfo(msgspec.Struct, frozen=True, gc=False):
     stream_type: str | None
     version: int
     event_count: int
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """An aggregate's state at a version, stored beside its events to shorten loads.
+
+    Attributes:
+        stream_id: the aggregate's stream.
+        version: the stream version the state reflects (events 1..version applied).
+        aggregate_type: the class's ``aggregate_type``; a snapshot of another type is ignored.
+        schema_version: the class's ``state_version`` when it was taken; another is ignored.
+        state: the encoded state (see ``obelisk.domain.state``).
+        taken_at: when it was taken, seconds since the epoch.
+    """
+
+    stream_id: str
+    version: int
+    aggregate_type: str
+    schema_version: int
+    state: bytes
+    taken_at: float
+
+
+class StreamSize(msgspec.Struct, frozen=True, gc=False):
+    """How big one stream is, for ``obelisk inspect``.
+
+    ``data_bytes`` counts the encoded event payloads; ``snapshot_version`` is the version
+    of the stream's snapshot (None without one).
+    """
+
+    stream_id: str
+    stream_type: str | None
+    events: int
+    data_bytes: int
+    snapshot_version: int | None

@@ -20,10 +20,18 @@ from obelisk.domain.events import Event
 from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
 from obelisk.store._envelopes import decode_envelopes, decode_payloads, decode_rest
 from obelisk.store._sqlite_schema import ensure_schema
+from obelisk.store._sqlite_snapshots import LOAD_SNAPSHOT, STREAM_SIZES, SnapshotWriter
 from obelisk.store._sqlite_writer import SQLiteWriter
-from obelisk.store.base import EventStore, check_limit, prepare_appends
+from obelisk.store.base import EventStore, check_limit, prepare_appends, validate_snapshot
 from obelisk.store.codec import EventCodec, JsonCodec
-from obelisk.store.records import AppendRequest, AppendResult, StoredEvent, StreamInfo
+from obelisk.store.records import (
+    AppendRequest,
+    AppendResult,
+    Snapshot,
+    StoredEvent,
+    StreamInfo,
+    StreamSize,
+)
 from obelisk.store.records import validate_stream_id as _valid
 
 __all__ = ["SQLiteEventStore", "Synchronous"]
@@ -83,6 +91,7 @@ class SQLiteEventStore(EventStore):
         self._writer: SQLiteWriter | None = None
         self._opening = asyncio.Lock()
         self._reader: sqlite3.Connection | None = None
+        self._snapshots = SnapshotWriter(self._connect)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -167,6 +176,7 @@ class SQLiteEventStore(EventStore):
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
+        self._snapshots.close()
 
     def _read_conn(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -302,6 +312,27 @@ class SQLiteEventStore(EventStore):
             (after or "", limit),
         )
         return [StreamInfo(*row) for row in rows]
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
+        self._read_conn()  # refuse on a closed store
+        for snapshot in snapshots:
+            validate_snapshot(snapshot)
+        await self._snapshots.save(snapshots)
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        rows = await self._fetch(LOAD_SNAPSHOT, (_valid(stream_id),))
+        return Snapshot(*rows[0]) if rows else None
+
+    async def delete_snapshot(self, stream_id: str, version: int) -> None:
+        self._read_conn()
+        await self._snapshots.delete(_valid(stream_id), version)
+
+    async def stream_sizes(self, *, limit: int = 20) -> list[StreamSize]:
+        check_limit(limit)
+        return [StreamSize(*row) for row in await self._fetch(STREAM_SIZES, (limit,))]
+
 
 @functools.lru_cache(maxsize=64)
 def _stream_sql(select: str, bounded: bool, limited: bool) -> str:

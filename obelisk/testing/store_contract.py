@@ -34,13 +34,19 @@ from obelisk.testing._contract_base import ContractBase, asyncio_test
 from obelisk.testing._contract_concurrency import ConcurrencyContract
 from obelisk.testing._contract_idempotency import IdempotencyContract
 from obelisk.testing._contract_reads import ReadContract
+from obelisk.testing._contract_snapshots import SnapshotContract
 from obelisk.testing._events import ContractOpened
 
 __all__ = ["DurableEventStoreContract", "EventStoreContract"]
 
 
 class EventStoreContract(
-    AppendContract, IdempotencyContract, ReadContract, ConcurrencyContract, ContractBase
+    AppendContract,
+    IdempotencyContract,
+    ReadContract,
+    ConcurrencyContract,
+    SnapshotContract,
+    ContractBase,
 ):
     """Every behaviour of the EventStore port, as tests; see the module docstring.
 

@@ -66,3 +66,28 @@ async def test_a_database_created_with_msgpack_reopens_with_msgpack(tmp_path: Pa
         assert await store.read_stream_events("acct-1") == deposits(1, 2)
     with pytest.raises(StoreError, match="msgpack"):
         await SQLiteEventStore(path).open()
+
+
+async def test_a_database_of_schema_version_1_gains_the_snapshot_table_and_keeps_its_events(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.db"
+    async with SQLiteEventStore(path) as store:
+        await store.append("acct-1", deposits(1, 2))
+    # Make it what the first release left: no snapshot table, schema version 1.
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE obelisk_snapshots")
+        conn.execute("UPDATE obelisk_meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+
+    async with SQLiteEventStore(path) as store:
+        assert [e.event for e in await store.read_stream("acct-1")] == deposits(1, 2)
+        assert await store.load_snapshot("acct-1") is None
+    with sqlite3.connect(path) as conn:
+        version = conn.execute(
+            "SELECT value FROM obelisk_meta WHERE key = 'schema_version'"
+        ).fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert version == str(SCHEMA_VERSION) == "2"
+    assert "obelisk_snapshots" in tables

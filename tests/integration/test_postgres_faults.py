@@ -23,6 +23,7 @@ from obelisk.errors import StoreError, StoreUnavailable, ValidationError
 from obelisk.servers.postgres import ThrowawayPostgres
 from obelisk.store import NO_STREAM, AppendRequest, AppendResult
 from obelisk.store.postgres import PostgresEventStore
+from obelisk.store.records import Snapshot
 
 from .test_postgres_subscriptions import backend_query, listener_of, listening
 from .test_subscriptions_local import SubscriptionReader, assert_exactly_once_in_order, until
@@ -484,8 +485,16 @@ async def test_stream_ids_with_quotes_semicolons_and_unicode_are_stored_verbatim
             *_HOSTILE_STREAM_IDS,
             _HOSTILE_STREAM_IDS[0],
         ]
+        snapshots = [Snapshot(s, 1, s, 1, s.encode(), 0.0) for s in _HOSTILE_STREAM_IDS]
+        await store.save_snapshots(snapshots)
+        for snapshot in snapshots:
+            assert await store.load_snapshot(snapshot.stream_id) == snapshot
+        sizes = await store.stream_sizes(limit=100)
+        assert {s.stream_id: s.snapshot_version for s in sizes} == dict.fromkeys(
+            _HOSTILE_STREAM_IDS, 1
+        )
     tables = await sql.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = $1", pg_schema)
-    assert tables == 2  # obelisk_events and obelisk_meta, both still there
+    assert tables == 3  # obelisk_events, obelisk_meta and obelisk_snapshots, all still there
 
 
 # -- the server cannot be reached -----------------------------------------------------------

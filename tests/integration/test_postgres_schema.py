@@ -145,12 +145,13 @@ async def test_the_prefix_names_the_tables_and_their_indexes(
     indexes = await sql.fetch(
         "SELECT indexname FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname", pg_schema
     )
-    assert [row[0] for row in tables] == ["pfx_events", "pfx_meta"]
+    assert [row[0] for row in tables] == ["pfx_events", "pfx_meta", "pfx_snapshots"]
     assert [row[0] for row in indexes] == [
         "pfx_events_event_id",
         "pfx_events_pkey",
         "pfx_events_stream_version",
         "pfx_meta_pkey",
+        "pfx_snapshots_pkey",
     ]
 
 
@@ -190,3 +191,20 @@ async def test_after_a_restore_with_higher_positions_new_appends_sort_after_them
         last = await third.append("schema-new", [PgSchemaNoted(n=4)])
     assert last.first_position > more.first_position
     assert int((await _meta(sql, pg_schema))["xid_offset"]) == offset
+
+
+async def test_a_schema_of_version_1_gains_the_snapshot_table_and_keeps_its_events(
+    postgres_dsn: str, pg_schema: str, sql: asyncpg.Connection
+) -> None:
+    async with _store(postgres_dsn, pg_schema) as store:
+        await store.append("acct-1", [PgSchemaNoted(n=1)], NO_STREAM)
+    # Make it what the first release left: no snapshot table, schema version 1.
+    await sql.execute(f'DROP TABLE "{pg_schema}"."obelisk_snapshots"')
+    await sql.execute(
+        f"UPDATE \"{pg_schema}\".\"obelisk_meta\" SET value = '1' WHERE key = 'schema_version'"
+    )
+
+    async with _store(postgres_dsn, pg_schema) as store:
+        assert [e.event for e in await store.read_stream("acct-1")] == [PgSchemaNoted(n=1)]
+        assert await store.load_snapshot("acct-1") is None
+    assert (await _meta(sql, pg_schema))["schema_version"] == str(SCHEMA_VERSION) == "2"
