@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from obelisk.application.cache import AggregateCache
 from obelisk.application.commands import Command, CommandRegistry, Handler
+from obelisk.application.loading import AggregateLoader, LoadBudget, SnapshotPolicy
 from obelisk.application.locks import KeyedLock
 from obelisk.application.retry import NO_RETRY, RetryPolicy
+from obelisk.application.snapshots import Snapshotter
 from obelisk.application.unit_of_work import UnitOfWork
 from obelisk.domain.aggregate import Aggregate
 from obelisk.errors import AggregateNotFound, ConcurrencyError
@@ -20,6 +25,8 @@ from obelisk.store.url import store_from_url
 __all__ = ["Application"]
 
 A = TypeVar("A", bound=Aggregate)
+CacheMode = Literal["trust", "fast-forward"]
+_log = logging.getLogger("obelisk.application")
 C = TypeVar("C", bound=Command)
 
 
@@ -32,6 +39,15 @@ class Application:
         retry: the default policy for handlers registered without one; by default a
             ConcurrencyError reaches the caller (no retry).
         cache_size: how many aggregates the unit-of-work cache keeps (0 disables it).
+        cache_bytes: optionally, about how many bytes the cached aggregates may take.
+        cache_mode: ``"trust"`` (default): a cached aggregate is current, a hit costs no
+            I/O; another process's write is caught by the append's version check.
+            ``"fast-forward"``: a hit first reads the events newer than the cached version
+            (one short read), for deployments where several processes write the same
+            aggregates often.
+        snapshots: the snapshot policy of every aggregate type (None: no snapshots);
+            :meth:`configure` sets one type's.
+        load_budget: the load budget of every aggregate type (None: none).
     """
 
     def __init__(
@@ -40,14 +56,39 @@ class Application:
         *,
         retry: RetryPolicy | None = None,
         cache_size: int = 10_000,
+        cache_bytes: int | None = None,
+        cache_mode: CacheMode = "trust",
+        snapshots: SnapshotPolicy | None = None,
+        load_budget: LoadBudget | None = None,
     ):
+        if cache_mode not in ("trust", "fast-forward"):
+            raise ValueError(f"cache_mode must be 'trust' or 'fast-forward', got {cache_mode!r}")
         self._store_spec = store
         self._store: EventStore | None = store if isinstance(store, EventStore) else None
         self.retry = retry if retry is not None else NO_RETRY
         self.commands = CommandRegistry()
         self._locks = KeyedLock()
-        self.cache = AggregateCache(cache_size)
+        self.cache = AggregateCache(cache_size, max_bytes=cache_bytes)
+        self.cache_mode: CacheMode = cache_mode
+        self.snapshotter = Snapshotter(lambda: self.store)
+        self.loading = AggregateLoader(
+            lambda: self.store, self.snapshotter, snapshot_policy=snapshots, budget=load_budget
+        )
         self._open = False
+
+    def configure(
+        self,
+        cls: type[Aggregate],
+        *,
+        snapshots: SnapshotPolicy | None,
+        budget: LoadBudget | None = None,
+    ) -> None:
+        """Set the snapshot policy and load budget of one aggregate type.
+
+        Raises:
+            StateError: ``snapshots`` is set and the class's state cannot be encoded.
+        """
+        self.loading.configure(cls, snapshots=snapshots, budget=budget)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -72,6 +113,10 @@ class Application:
         """Drain queued appends and close the store."""
         if self._open and self._store is not None:
             self._open = False
+            try:
+                await self.snapshotter.drain()  # due snapshots are written, not dropped
+            except Exception as exc:  # never keeps the store from closing
+                _log.warning("snapshots still due at close were not saved: %s", exc)
             try:
                 await self._store.close()
             finally:
@@ -145,17 +190,44 @@ class Application:
 
     # -- queries -------------------------------------------------------------------------
 
-    async def get(self, cls: type[A], aggregate_id: str, *, version: int | None = None) -> A:
-        """Load an aggregate for reading (not locked), optionally as of ``version``."""
-        aggregate = await self._load(cls, aggregate_id, version)
-        if aggregate is None:
+    async def get(
+        self,
+        cls: type[A],
+        aggregate_id: str,
+        *,
+        version: int | None = None,
+        as_of: datetime | float | None = None,
+    ) -> A:
+        """Load an aggregate for reading (not locked): current, as of ``version``, or as of
+        a time (``as_of``, a datetime or seconds since the epoch: the events recorded up
+        to then). A fresh instance every call: the caller may change it freely.
+        """
+        if as_of is not None:
+            if version is not None:
+                raise ValueError("give version or as_of, not both")
+            found = await self._load_as_of(cls, aggregate_id, as_of)
+        else:
+            found = await self._load(cls, aggregate_id, version)
+        if found is None:
             raise AggregateNotFound(cls.aggregate_type, aggregate_id)
-        return aggregate
+        return found
 
     async def _load(
         self, cls: type[A], aggregate_id: str, version: int | None = None
     ) -> A | None:
-        events = await self.store.read_stream_events(aggregate_id, to_version=version)
+        return await self.loading.load(cls, aggregate_id, version)
+
+    async def _load_as_of(
+        self, cls: type[A], aggregate_id: str, when: datetime | float
+    ) -> A | None:
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise ValueError("as_of must be timezone-aware (e.g. datetime.now(UTC))")
+            when = when.timestamp()
+        stored = await self.store.read_stream(aggregate_id)
+        # The stream's prefix recorded by then: versions are in commit order, and a clock
+        # stepping back cannot pull a later event into the past.
+        events = list(itertools.takewhile(lambda e: e.recorded_at <= when, stored))
         if not events:
             return None
-        return cls.rebuild(aggregate_id, events)
+        return cls.rebuild(aggregate_id, [e.event for e in events])

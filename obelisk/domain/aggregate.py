@@ -92,6 +92,8 @@ class Aggregate:
         self.version = 0
         self._pending: list[Event] = []
         self._broken = False
+        # The version of the stored snapshot this instance knows of (0: none).
+        self._snapshot_version = 0
         for name, default in self._mutable_defaults:
             setattr(self, name, default.copy())
 

@@ -17,6 +17,7 @@ import typing
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from obelisk.domain.aggregate import Aggregate
 
@@ -39,6 +40,7 @@ class StateCodec:
         struct = msgspec.defstruct(
             f"{cls.__name__}State", [(name, hint) for name, hint in self.fields.items()]
         )
+        _refuse_custom_types(cls, msgspec.inspect.type_info(struct))
         self._decoder = msgspec.msgpack.Decoder(struct)
         self._encoder = msgspec.msgpack.Encoder()
         self._names = tuple(self.fields)
@@ -103,3 +105,29 @@ def _state_fields(cls: type[Aggregate]) -> dict[str, Any]:
             continue
         fields[name] = hint
     return fields
+
+
+def _refuse_custom_types(cls: type[Aggregate], info: object, seen: set[int] | None = None) -> None:
+    """Raise StateError if any type in the state is one msgspec cannot encode by itself.
+
+    msgspec accepts such a type when the Struct is built and fails only when a value is
+    encoded: checking the whole type tree here fails at configuration instead.
+    """
+    seen = set() if seen is None else seen
+    if id(info) in seen:
+        return
+    seen.add(id(info))
+    if isinstance(info, msgspec.inspect.CustomType):
+        raise StateError(
+            f"{cls.__qualname__} cannot be snapshotted: its state holds a "
+            f"{info.cls.__qualname__}, which msgspec cannot encode (use a msgspec Struct, "
+            "a dataclass or built-in types)"
+        )
+    if isinstance(info, msgspec.inspect.Field):
+        _refuse_custom_types(cls, info.type, seen)
+    elif isinstance(info, msgspec.inspect.Type):
+        for name in info.__struct_fields__:
+            value = getattr(info, name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, msgspec.inspect.Type | msgspec.inspect.Field):
+                    _refuse_custom_types(cls, item, seen)
