@@ -1,4 +1,4 @@
-"""The ``obelisk`` command: demo, bench."""
+"""The ``obelisk`` command: demo, bench, inspect."""
 
 from __future__ import annotations
 
@@ -68,6 +68,27 @@ def bench(
             quick=quick,
             repeat=repeat,
             json_output=json_output,
+        )
+    )
+
+
+@app.command()
+def inspect(
+    store: Annotated[str, typer.Argument(help="Store URL: sqlite:///app.db, postgresql://...")],
+    limit: Annotated[int, typer.Option(help="How many of the largest streams.")] = 20,
+    slowest: Annotated[int, typer.Option(help="How many of them to list by load time.")] = 10,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option("--import", help="A module defining your event classes (repeatable)."),
+    ] = None,
+) -> None:
+    """List the largest streams (events, bytes, snapshot) and the slowest to load."""
+    from obelisk.inspection import run_inspect_cli
+
+    raise typer.Exit(
+        run_inspect_cli(
+            store, limit=limit, slowest=slowest, json_output=json_output, imports=imports or ()
         )
     )
 
