@@ -7,10 +7,10 @@ same machine, so results stay meaningful on noisy or slow hardware. Backends: SQ
 
 from obelisk.bench.backends import Backend, SQLiteBackend, backend_from_option
 from obelisk.bench.baseline import RawBaseline
+from obelisk.bench.catalog import WORKLOADS
 from obelisk.bench.measure import BenchError, Sample, VerificationFailed, stopwatch
 from obelisk.bench.runner import WorkloadResult, run_bench, run_bench_cli
-from obelisk.bench.workload import Target
-from obelisk.bench.workloads import WORKLOADS, Workload
+from obelisk.bench.workload import Target, Workload
 
 __all__ = [
     "WORKLOADS",

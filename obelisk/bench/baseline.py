@@ -53,6 +53,14 @@ class RawBaseline(abc.ABC):
         Done ``passes`` times; ``result`` is ``{stream_id: balance}`` of the last pass.
         """
 
+    @abc.abstractmethod
+    async def load_from_snapshot(self, location: str, stream_id: str, loads: int) -> Sample:
+        """Load one Account through its snapshot, ``loads`` times: read the snapshot row,
+        decode its state, then read and fold the events after it.
+
+        ``result`` is ``(balance, version)`` of the last load.
+        """
+
     async def copy_events(
         self, location: str, appends: Sequence[tuple[str, Sequence[Event]]]
     ) -> Sample:

@@ -19,6 +19,7 @@ import msgspec
 
 from obelisk.bench.baseline import RawBaseline
 from obelisk.bench.measure import Sample, stopwatch
+from obelisk.bench.workload import AccountState
 from obelisk.demo.bank import AccountOpened, MoneyDeposited
 from obelisk.domain.events import Event
 from obelisk.store.records import new_event_id
@@ -134,6 +135,33 @@ class RawPostgresBaseline(RawBaseline):
         finally:
             await conn.close()
         return Sample(watch.seconds, loads, events)
+
+    async def load_from_snapshot(self, location: str, stream_id: str, loads: int) -> Sample:
+        conn = await self._connect()
+        snapshot = (
+            f'SELECT version, state FROM "{location}"."obelisk_snapshots" WHERE stream_id = $1'
+        )
+        after = (
+            f"SELECT event_type, data FROM {self._table(location)} "
+            "WHERE stream_id = $1 AND version > $2 ORDER BY version"
+        )
+        decoders = self._decoders
+        state_decoder = msgspec.msgpack.Decoder(AccountState)
+        result = (0, 0)
+        try:
+            with stopwatch() as watch:
+                for _ in range(loads):
+                    row = await conn.fetchrow(snapshot, stream_id)
+                    assert row is not None, "the runner seeded a snapshot"
+                    version, state = row
+                    balance = state_decoder.decode(state).balance
+                    rows = await conn.fetch(after, stream_id, version)
+                    for type_name, data in rows:
+                        balance += decoders[type_name].decode(data).amount
+                    result = (balance, version + len(rows))
+        finally:
+            await conn.close()
+        return Sample(watch.seconds, loads, result)
 
     async def catch_up(self, location: str, page: int, passes: int) -> Sample:
         conn = await self._connect()

@@ -16,6 +16,7 @@ import msgspec
 
 from obelisk.bench.baseline import RawBaseline
 from obelisk.bench.measure import Sample, stopwatch
+from obelisk.bench.workload import AccountState
 from obelisk.demo.bank import AccountOpened, MoneyDeposited
 from obelisk.store.records import new_event_id
 
@@ -112,6 +113,31 @@ class RawSQLiteBaseline(RawBaseline):
         finally:
             conn.close()
         return Sample(watch.seconds, loads, events)
+
+    async def load_from_snapshot(self, location: str, stream_id: str, loads: int) -> Sample:
+        conn = self._connect(location)
+        decoders = self._decoders
+        state_decoder = msgspec.msgpack.Decoder(AccountState)
+        result = (0, 0)
+        try:
+            with stopwatch() as watch:
+                for _ in range(loads):
+                    version, state = conn.execute(
+                        "SELECT version, state FROM obelisk_snapshots WHERE stream_id = ?",
+                        (stream_id,),
+                    ).fetchone()
+                    balance = state_decoder.decode(state).balance
+                    rows = conn.execute(
+                        "SELECT event_type, data FROM obelisk_events "
+                        "WHERE stream_id = ? AND version > ? ORDER BY version",
+                        (stream_id, version),
+                    ).fetchall()
+                    for type_name, data in rows:
+                        balance += decoders[type_name].decode(data).amount
+                    result = (balance, version + len(rows))
+        finally:
+            conn.close()
+        return Sample(watch.seconds, loads, result)
 
     async def catch_up(self, location: str, page: int, passes: int) -> Sample:
         conn = self._connect(location)

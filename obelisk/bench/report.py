@@ -47,7 +47,10 @@ def machine_summary() -> str:
 
 
 def _figure(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+    if value >= 100:
+        return f"{value:,.0f}"
+    # Small times (a snapshot load, a cache hit) keep three significant digits.
+    return f"{value:,.2f}" if value >= 1 else f"{value:.3g}"
 
 
 _SHORT_UNITS = {"commands/s": "cmd/s", "events/s": "ev/s"}
@@ -57,7 +60,7 @@ def _target(result: WorkloadResult) -> str:
     """The target column: ``>=0.8`` (a ratio), ``>=40,000/s`` (a figure), or both."""
     parts: list[str] = []
     if result.target_ratio is not None:
-        parts.append(f">={result.target_ratio:g}")
+        parts.append(f">={result.target_ratio:.3g}")
     if result.target_value is not None:
         # Compact (40k/s): the column stays narrow enough for an 80-column terminal.
         value = result.target_value

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from obelisk.application import Application
 from obelisk.bench.backends import Backend, backend_from_option
+from obelisk.bench.catalog import WORKLOADS
 from obelisk.bench.measure import BenchError, Sample, VerificationFailed
-from obelisk.bench.workloads import WORKLOADS, Workload
+from obelisk.bench.workload import Workload
 from obelisk.demo.bank import register_bank_handlers
 
 if TYPE_CHECKING:
@@ -136,8 +137,8 @@ async def _run_obelisk(backend: Backend, workload: Workload, location: str) -> S
     await _prepare(backend, workload, location)
     # The application and its store are built and opened before the clock starts and
     # closed after it stops: a run measures commands, not start-up.
-    cache_size = 10_000 if workload.aggregate_cache else 0
-    app = register_bank_handlers(Application(backend.make_store(location), cache_size=cache_size))
+    options = workload.application_options()
+    app = register_bank_handlers(Application(backend.make_store(location), **options))
     async with app:
         before = backend.group_commit_counters(app.store)
         sample = await workload.run_obelisk(app)
@@ -151,6 +152,9 @@ async def _run_obelisk(backend: Backend, workload: Workload, location: str) -> S
 
 
 async def _run_raw(backend: Backend, workload: Workload, location: str) -> Sample:
+    reference = workload.reference()
+    if reference is not None:
+        return await _run_obelisk(backend, reference, location)
     await _prepare(backend, workload, location)
     return await workload.run_raw(backend.raw, location)
 
@@ -195,6 +199,7 @@ async def run_bench(
                 )
         extra: dict[str, float] = {}
         target = workload.target(backend.name)
+        raw_side = workload.reference() or workload
         for key in sorted({key for sample in ours for key in sample.extra}):
             extra[key] = statistics.median(s.extra[key] for s in ours if key in s.extra)
         results.append(
@@ -209,7 +214,7 @@ async def run_bench(
                 n=workload.n,
                 repeat=repeat,
                 samples=[workload.value(s) for s in ours],
-                raw_samples=[workload.value(s) for s in raws],
+                raw_samples=[raw_side.value(s) for s in raws],
                 target_ratio=target.ratio,
                 target_value=target.value,
                 extra=extra,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
+
+import msgspec
 
 from obelisk.application import Application
 from obelisk.bench.baseline import RawBaseline
@@ -16,6 +18,7 @@ from obelisk.store.records import NO_STREAM, AppendRequest
 
 __all__ = [
     "STREAM_TYPE",
+    "AccountState",
     "Target",
     "Workload",
     "amount",
@@ -25,6 +28,14 @@ __all__ = [
 ]
 
 STREAM_TYPE: Final = Account.aggregate_type
+
+
+class AccountState(msgspec.Struct):
+    """An Account's snapshot state as the raw baselines decode it (by hand, like a user
+    of the bare driver would)."""
+
+    owner: str
+    balance: int
 
 
 def scaled(full: int, scale: float, minimum: int) -> int:
@@ -89,6 +100,18 @@ class Workload(abc.ABC):
     def target(self, backend: str) -> Target:
         """The target on ``backend`` (the class attributes unless a workload overrides it)."""
         return Target(self.target_ratio, self.target_value)
+
+    def application_options(self) -> dict[str, Any]:
+        """Keyword arguments for obelisk's Application (cache, snapshots)."""
+        return {"cache_size": 10_000 if self.aggregate_cache else 0}
+
+    def reference(self) -> Workload | None:
+        """Another obelisk workload to run as this one's baseline, instead of the raw driver.
+
+        For targets stated against obelisk itself (W2-cache against W1 of the same run):
+        its obelisk side then fills the ``raw_*`` fields.
+        """
+        return None
 
     def skip_reason(self, backend: str) -> str | None:
         """Why this workload cannot run on ``backend``; None when it can."""

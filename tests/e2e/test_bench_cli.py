@@ -19,7 +19,10 @@ from obelisk.bench.runner import SCALE_ENV, WorkloadResult
 from obelisk.cli import app
 from obelisk.demo.bank import OpenAccount
 
-WORKLOAD_IDS = ["W1", "W2", "W3", "W4", "W6"]
+CORE_IDS = ["W1", "W2", "W3", "W4", "W6"]
+LOADING_IDS = ["W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2-snapshots",
+               "W2-fast-forward"]  # fmt: skip
+WORKLOAD_IDS = CORE_IDS + LOADING_IDS
 REQUIRED_FIELDS = {
     "workload",
     "backend",
@@ -66,7 +69,15 @@ def test_a_quick_json_run_reports_every_workload_beside_its_raw_baseline() -> No
         assert isinstance(result["meets_target"], bool)
     by_id = {r["workload"]: r for r in results}
     assert by_id["W3"]["unit"] == "ms" and by_id["W3"]["higher_is_better"] is False
-    assert [by_id[i]["target_ratio"] for i in WORKLOAD_IDS] == [0.8, 0.75, 0.67, 0.8, 7.0]
+    assert [by_id[i]["target_ratio"] for i in CORE_IDS] == [0.8, 0.75, 0.67, 0.8, 7.0]
+    # The loading workloads' targets: absolute times, or ratios to obelisk's own runs.
+    assert [by_id[i]["target_value"] for i in LOADING_IDS[:3]] == [0.2, 0.4, 5.0]
+    assert [by_id[i]["unit"] for i in LOADING_IDS] == [
+        "ms", "ms", "us", "commands/s", "ms", "commands/s",
+    ]  # fmt: skip
+    assert by_id["W2-cache"]["target_ratio"] == 0.9
+    assert by_id["W2-snapshots"]["target_ratio"] == pytest.approx(1 / 1.1)
+    assert by_id["W2-snapshots"]["extra"]["p99_ms"] == by_id["W2-snapshots"]["median"]
     # W6 runs 64 clients at once, so the writer commits several commands per batch.
     assert by_id["W6"]["extra"]["mean_batch_size"] >= 1
 

@@ -21,7 +21,11 @@ from obelisk.bench.pg_backend import PostgresBackend
 from obelisk.bench.runner import SCALE_ENV
 from obelisk.cli import app
 
-WORKLOAD_IDS = ["W1", "W2", "W3", "W4", "W6", "bulk"]
+WORKLOAD_IDS = [
+    "W1", "W2", "W3", "W4", "W6", "bulk",
+    "W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2-snapshots",
+    "W2-fast-forward",
+]  # fmt: skip
 STABLE_FIELDS = {
     "workload",
     "backend",
@@ -91,6 +95,8 @@ def test_a_quick_json_run_on_postgresql_reports_every_workload_beside_raw_asyncp
     assert by_id["bulk"]["unit"] == "events/s"
     assert [by_id[i]["target_ratio"] for i in ("W1", "W3", "W4")] == [0.8, 0.67, 0.8]
     assert by_id["W6"]["extra"]["mean_batch_size"] >= 1
+    # Loading through a snapshot: at most 0.5 ms at its head, 1 ms 100 events behind.
+    assert [by_id[i]["target_value"] for i in ("W3-snapshot", "W3-snapshot-behind")] == [0.5, 1.0]
     # Every run's schema was dropped after it.
     assert asyncio.run(bench_schemas(postgres_dsn)) == before
 

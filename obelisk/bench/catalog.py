@@ -1,0 +1,30 @@
+"""Every benchmark workload by id, in report order: ``obelisk bench -w ID`` picks from here."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from obelisk.bench.loading_workloads import (
+    CachedUpdate,
+    CacheHit,
+    FastForwardUpdate,
+    SnapshotBehindReplay,
+    SnapshotReplay,
+    SnapshottingUpdate,
+)
+from obelisk.bench.workload import Workload
+from obelisk.bench.workloads import CORE_WORKLOADS
+
+__all__ = ["WORKLOADS"]
+
+_ORDER: Final[tuple[type[Workload], ...]] = (
+    *CORE_WORKLOADS,
+    SnapshotReplay,
+    SnapshotBehindReplay,
+    CacheHit,
+    CachedUpdate,
+    SnapshottingUpdate,
+    FastForwardUpdate,
+)
+WORKLOADS: Final[dict[str, type[Workload]]] = {cls.id: cls for cls in _ORDER}
+"""Every workload by id, in report order."""
