@@ -1,6 +1,13 @@
 """obelisk: performance-critical domain-driven design for asyncio."""
 
-from obelisk.application import Application, Command, RetryPolicy, UnitOfWork
+from obelisk.application import (
+    Application,
+    Command,
+    LoadBudget,
+    RetryPolicy,
+    SnapshotPolicy,
+    UnitOfWork,
+)
 from obelisk.domain import Aggregate, Event, applies, command
 from obelisk.errors import (
     AggregateNotFound,
@@ -47,10 +54,12 @@ __all__ = [
     "EventStore",
     "IdempotencyConflict",
     "InvalidStreamId",
+    "LoadBudget",
     "MemoryEventStore",
     "ObeliskError",
     "RetryPolicy",
     "SQLiteEventStore",
+    "SnapshotPolicy",
     "StoreClosed",
     "StoreError",
     "StoreUnavailable",
