@@ -37,7 +37,7 @@ class Snapshotter:
         max_batch: the most snapshots saved in one call.
     """
 
-    def __init__(self, store: Callable[[], EventStore], *, max_batch: int = 500) -> None:
+    def __init__(self, store: Callable[[], EventStore], *, max_batch: int = 100) -> None:
         self._store = store
         self.max_batch = max_batch
         self._due: dict[str, Aggregate] = {}

@@ -135,7 +135,7 @@ class AppendStatements(NamedTuple):
     flat: str
     solo: str
     single: str
-    create: str
+    follow: str
 
 
 def append_statements(n: Names, offset: int) -> AppendStatements:
@@ -168,10 +168,12 @@ def append_statements(n: Names, offset: int) -> AppendStatements:
     append of all (a command that records one event) then skips building, sending and
     unnesting four one-element arrays.
 
-    ``create`` is ``single`` for a new stream (expected version NO_STREAM): version 1 is
-    inserted without reading a head, and the unique (stream_id, version) index itself says
-    whether the stream existed (then no row is returned). Creating an aggregate is the most
-    common append after an update, and this one costs what a bare INSERT does.
+    ``follow`` is ``single`` when version ``$9`` (the expected version) is known to exist:
+    NO_STREAM (0) always, or a version the writer has seen committed (streams never
+    shrink). Version ``$9 + 1`` is then inserted without reading a head, and the unique
+    ``(stream_id, version)`` index itself says whether another writer got there first (no
+    row returned). Creating an aggregate, or updating one this process just wrote, then
+    costs what a bare INSERT does.
     """
     position = f"((pg_current_xact_id()::text::bigint + {offset}) << {INDEX_BITS})"
     head = (
@@ -255,12 +257,13 @@ SELECT {position}, $1, h.v + 1, $6, $7, $8, $9,
 FROM (SELECT {head.format(stream="$1::text")} AS v) h
 WHERE $2::bigint = -1 OR $2::bigint = h.v
 RETURNING position, version"""
-    create = f"""
+    follow = f"""
 INSERT INTO {n.events} ({columns})
-VALUES ({position}, $1, 1, $2, $3, $4, $5, extract(epoch FROM statement_timestamp()), $6, $7, $8)
+VALUES ({position}, $1, $9::bigint + 1, $2, $3, $4, $5, extract(epoch FROM statement_timestamp()),
+        $6, $7, CASE WHEN $9::bigint = 0 THEN $8 END)
 ON CONFLICT (stream_id, version) DO NOTHING
 RETURNING position"""
-    return AppendStatements(batch, flat, solo, single, create)
+    return AppendStatements(batch, flat, solo, single, follow)
 
 
 async def ensure_schema(conn: AnyConnection, names: Names, codec_name: str) -> int:

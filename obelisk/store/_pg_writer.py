@@ -56,6 +56,8 @@ _ATTEMPTS = 3
 # Splitting gathered appends over free connections only pays when each batch stays big
 # enough to amortise its round trip and commit.
 _MIN_SPLIT = 8
+# Streams whose committed head the writer remembers (about 100 bytes each).
+_KNOWN_HEADS = 100_000
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
@@ -125,6 +127,9 @@ class PostgresWriter:
             "WHERE event_id = ANY($1::uuid[])"
         )
         self._gathered: list[WriteJob] = []
+        # The highest committed version seen per stream: an append expecting a version at
+        # or below it needs no head read (see _follow).
+        self._heads: dict[str, int] = {}
         # The writer keeps its connections between batches (see _pg_shelf).
         self._shelf = ConnectionShelf(pool, max_in_flight)
         self._running: list[list[WriteJob]] = []
@@ -391,12 +396,18 @@ class PostgresWriter:
         else:
             rows = await conn.fetch(self._statements.batch, *_arguments(jobs))
         _judge(jobs, parts, rows)
+        for job in jobs:
+            for result in job.results or ():
+                self._seen(result.stream_id, result.version)
 
     async def _append_solo(self, conn: AnyConnection, job: WriteJob) -> None:
         (part,) = job.parts
         events = part.events
-        if len(events) == 1 and part.expected_version == NO_STREAM:
-            await self._create(conn, job, part)
+        expected = part.expected_version
+        if len(events) == 1 and expected >= NO_STREAM and (
+            expected == NO_STREAM or self._heads.get(part.stream_id, 0) >= expected
+        ):
+            await self._follow(conn, job, part)
             return
         if len(events) == 1:
             (event,) = events
@@ -429,15 +440,18 @@ class PostgresWriter:
             first, last = rows[0], rows[-1]
             job.results = [AppendResult(part.stream_id, last[1], first[0], last[0])]
             job.error = None
+            self._seen(part.stream_id, last[1])
         else:
             actual = await conn.fetchval(self._head, part.stream_id)
             job.results = None
             job.error = ConcurrencyError(part.stream_id, part.expected_version, actual)
 
-    async def _create(self, conn: AnyConnection, job: WriteJob, part: PreparedAppend) -> None:
+    async def _follow(self, conn: AnyConnection, job: WriteJob, part: PreparedAppend) -> None:
+        """One event at a version after one known to exist (see ``_pg_schema``)."""
         event = part.events[0]
+        expected = part.expected_version
         position = await conn.fetchval(
-            self._statements.create,
+            self._statements.follow,
             part.stream_id,
             event.event_id,
             event.type_name,
@@ -446,14 +460,24 @@ class PostgresWriter:
             part.correlation_id,
             part.causation_id,
             part.stream_type,
+            expected,
         )
         if position is not None:
-            job.results = [AppendResult(part.stream_id, 1, position, position)]
+            job.results = [AppendResult(part.stream_id, expected + 1, position, position)]
             job.error = None
+            self._seen(part.stream_id, expected + 1)
         else:
             actual = await conn.fetchval(self._head, part.stream_id)
             job.results = None
-            job.error = ConcurrencyError(part.stream_id, NO_STREAM, actual)
+            job.error = ConcurrencyError(part.stream_id, expected, actual)
+
+    def _seen(self, stream_id: str, version: int) -> None:
+        """Remember that ``version`` of ``stream_id`` is committed (so all below it are)."""
+        heads = self._heads
+        if len(heads) >= _KNOWN_HEADS and stream_id not in heads:
+            heads.clear()  # a bound, not an LRU: forgetting only costs a head read
+        if heads.get(stream_id, 0) < version:
+            heads[stream_id] = version
 
     async def _commit_alone(self, job: WriteJob) -> None:
         """One job in its own transaction, retried while other writers take its versions."""

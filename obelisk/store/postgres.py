@@ -137,6 +137,8 @@ class PostgresEventStore(EventStore):
         self._notify_again = False
         self._offset = 0
         self._sql: dict[str, str] = {}
+        self._snapshot_conn: asyncpg.Connection | None = None
+        self._snapshot_lock = asyncio.Lock()
         # The NOTIFY transaction need not wait for its own fsync: a wake-up lost in a crash
         # costs nothing (subscribers read from their checkpoint). The channel name is built
         # from validated identifiers, so it can be a literal; one simple query, one round trip.
@@ -168,14 +170,14 @@ class PostgresEventStore(EventStore):
             "lock_timeout": str(int(self.lock_timeout * 1000)),
         }
 
-    async def connect(self) -> asyncpg.Connection:
-        """A new connection with this store's settings, outside the pool (subscribers)."""
+    async def connect(self, **settings: str) -> asyncpg.Connection:
+        """A new connection with this store's settings (and ``settings``), outside the pool."""
         try:
             conn = await asyncpg.connect(
                 self.dsn,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
-                server_settings=self.server_settings(),
+                server_settings={**self.server_settings(), **settings},
             )
             await _init_connection(conn)
         except Exception as exc:
@@ -237,6 +239,10 @@ class PostgresEventStore(EventStore):
             self._readers = None
         if self._notify_task is not None:
             await asyncio.gather(self._notify_task, return_exceptions=True)
+        snapshots, self._snapshot_conn = self._snapshot_conn, None
+        if snapshots is not None:
+            async with self._snapshot_lock:
+                await snapshots.close()
         self._writer = self._pool = None
         if pool is not None:
             await pool.close()
@@ -249,6 +255,9 @@ class PostgresEventStore(EventStore):
             writer.terminate()
         if self._notify_task is not None:
             self._notify_task.cancel()
+        snapshots, self._snapshot_conn = self._snapshot_conn, None
+        if snapshots is not None:
+            snapshots.terminate()
         if pool is not None:
             pool.terminate()
 
@@ -485,12 +494,9 @@ class PostgresEventStore(EventStore):
             if held is None or held.version <= snapshot.version:
                 newest[snapshot.stream_id] = snapshot
         rows = list(newest.values())
-        pool = self._live_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                # A snapshot is a cache of what the events hold: its commit need not wait
-                # for its own fsync (a crash loses at most a shortcut).
-                await conn.execute("SET LOCAL synchronous_commit TO off")
+            async with self._snapshot_lock:
+                conn = await self._snapshot_connection()
                 await conn.execute(
                     self._sql["save_snapshots"],
                     [s.stream_id for s in rows],
@@ -502,8 +508,23 @@ class PostgresEventStore(EventStore):
                 )
         except asyncpg.exceptions.DataError as exc:
             raise ValidationError(f"PostgreSQL refused a snapshot: {exc}") from exc
+        except ObeliskError:
+            raise
         except Exception as exc:
             raise translate(exc, "saving snapshots") from exc
+
+    async def _snapshot_connection(self) -> asyncpg.Connection:
+        """The connection snapshots are written on: one statement, one round trip each.
+
+        Its own, outside the pool, because its session commits without waiting for the
+        fsync (``synchronous_commit=off``): a snapshot is a cache of what the events hold,
+        and that setting must never reach a connection that appends.
+        """
+        self._live_pool()  # refuse on a closed store
+        conn = self._snapshot_conn
+        if conn is None or conn.is_closed():
+            conn = self._snapshot_conn = await self.connect(synchronous_commit="off")
+        return conn
 
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
         rows = await self._fetch("snapshot", _valid(stream_id))
@@ -511,9 +532,11 @@ class PostgresEventStore(EventStore):
 
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         try:
-            await self._live_pool().execute(
-                self._sql["delete_snapshot"], _valid(stream_id), version
-            )
+            async with self._snapshot_lock:
+                conn = await self._snapshot_connection()
+                await conn.execute(self._sql["delete_snapshot"], _valid(stream_id), version)
+        except ObeliskError:
+            raise
         except Exception as exc:
             raise translate(exc, "deleting a snapshot") from exc
 

@@ -125,3 +125,27 @@ async def test_a_stale_append_in_a_batch_fails_alone_and_the_others_commit(
             assert (outcome.expected, outcome.actual) == (NO_STREAM, 1)
             assert [e.version for e in stored] == [1]
     assert len(set(positions)) == len(positions)
+
+
+async def test_an_append_after_a_version_this_writer_saw_still_catches_every_conflict(
+    store: PostgresEventStore, postgres_dsn: str, pg_schema: str
+) -> None:
+    # The writer remembers heads it committed and then inserts the next version without
+    # reading the head: the unique index must still refuse what another process took.
+    await store.append("k", [ContractDeposited(amount=1)], NO_STREAM)
+    await store.append("k", [ContractDeposited(amount=2)], 1)
+    async with PostgresEventStore(postgres_dsn, schema=pg_schema) as other:
+        await other.append("k", [ContractDeposited(amount=3)], 2)
+
+    with pytest.raises(ConcurrencyError) as stale:
+        await store.append("k", [ContractDeposited(amount=99)], 2)
+    assert (stale.value.expected, stale.value.actual) == (2, 3)
+    # Ahead of the stream: refused, never a gap.
+    with pytest.raises(ConcurrencyError) as ahead:
+        await store.append("k", [ContractDeposited(amount=99)], 5)
+    assert (ahead.value.expected, ahead.value.actual) == (5, 3)
+    assert (await store.append("k", [ContractDeposited(amount=4)], 3)).version == 4
+    assert [e.version for e in await store.read_stream("k")] == [1, 2, 3, 4]
+    assert [e.event for e in await store.read_stream("k")] == [
+        ContractDeposited(amount=n) for n in (1, 2, 3, 4)
+    ]
