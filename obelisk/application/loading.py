@@ -182,13 +182,32 @@ class AggregateLoader:
         policy = self.policy(cls)
         aggregate: A | None = None
         replayed = 0
-        if policy is not None:
+        if policy is not None and version is None:
+            # The common load: snapshot and events after it, one round trip where it can.
+            snapshot, events = await store.load_from_snapshot(aggregate_id)
+            if snapshot is None:
+                if not events:
+                    return None
+                aggregate = cls.rebuild(aggregate_id, events)
+                replayed = len(events)
+            else:
+                aggregate = self._decode(cls, snapshot)
+                if aggregate is not None and events:
+                    aggregate.replay(events[1:])
+                    aggregate._snapshot_version = snapshot.version
+                    replayed = len(events) - 1
+                    self.stats_for(cls).snapshot_hits += 1
+                elif aggregate is not None:
+                    self._ignored(cls, snapshot, "past the stream's head")
+                    await self._forget(store, snapshot)
+                    aggregate = None
+        elif policy is not None and version is not None:
+            # As of a version: a snapshot at or below it, and the events up to it.
             snapshot = await store.load_snapshot(aggregate_id)
-            if snapshot is not None and (version is None or snapshot.version <= version):
+            if snapshot is not None and snapshot.version <= version:
                 aggregate = self._decode(cls, snapshot)
             if aggregate is not None:
                 assert snapshot is not None
-                # From the snapshot's own version: its event proves the stream reaches it.
                 events = await store.read_stream_events(
                     aggregate_id, from_version=snapshot.version, to_version=version
                 )
@@ -198,9 +217,7 @@ class AggregateLoader:
                     replayed = len(events) - 1
                     self.stats_for(cls).snapshot_hits += 1
                 else:
-                    self._ignored(cls, snapshot, "past the stream's head")
-                    await self._forget(store, snapshot)
-                    aggregate = None
+                    aggregate = None  # past the head: the full read below decides
         if aggregate is None:
             events = await store.read_stream_events(aggregate_id, to_version=version)
             if not events:

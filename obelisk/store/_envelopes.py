@@ -39,7 +39,7 @@ def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[S
 
 
 def decode_payloads(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[Event]:
-    """Events from rows of (type key, data), stopping at the first uncommon row.
+    """Events from rows of (type key, data, ...), stopping at the first uncommon row.
 
     The caller reads the rest again with the columns ``codec.decode`` needs to upcast or
     to name the row in its error: ``len(result) < len(rows)`` says that it must.
@@ -48,11 +48,12 @@ def decode_payloads(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[Ev
     out: list[Event] = []
     append = out.append
     try:
-        for key, data in rows:
+        for row in rows:
+            key = row[0]
             decoder = fast.get(key) or codec.fast_decoder(key)
             if decoder is None:
                 break
-            append(decoder.decode(data))
+            append(decoder.decode(row[1]))
     except Exception:
         pass  # a corrupt payload: the slow path raises the named error
     return out

@@ -290,6 +290,15 @@ class EventStore(abc.ABC):
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
         """The stored snapshot of ``stream_id``, or None."""
 
+    async def load_from_snapshot(self, stream_id: str) -> tuple[Snapshot | None, list[Event]]:
+        """What loading an aggregate reads: its snapshot (or None), and its events from the
+        snapshot's own version on (from 1 without one). The events are empty when the
+        snapshot is past the stream's head. Stores may do it in one round trip.
+        """
+        snapshot = await self.load_snapshot(stream_id)
+        from_version = 1 if snapshot is None else snapshot.version
+        return snapshot, await self.read_stream_events(stream_id, from_version=from_version)
+
     @abc.abstractmethod
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         """Remove the snapshot of ``stream_id`` if it is still the one at ``version``."""

@@ -397,6 +397,14 @@ class PostgresEventStore(EventStore):
             "aggregate_type = excluded.aggregate_type, "
             "schema_version = excluded.schema_version, state = excluded.state, "
             "taken_at = excluded.taken_at WHERE excluded.version >= s.version",
+            # A load's one round trip: the events from the snapshot's version on, the
+            # snapshot's columns on the row of its own version (the first one).
+            "from_snapshot": "SELECT e.k, e.data, s.version, s.aggregate_type, "
+            f"s.schema_version, s.state, s.taken_at FROM (SELECT version, {_TYPE_KEY} AS k, "
+            f"data FROM {n.events} WHERE stream_id = $1 AND version >= coalesce("
+            f"(SELECT version FROM {n.snapshots} WHERE stream_id = $1), 1)) e "
+            f"LEFT JOIN {n.snapshots} s ON s.stream_id = $1 AND s.version = e.version "
+            "ORDER BY e.version",
             "delete_snapshot": f"DELETE FROM {n.snapshots} WHERE stream_id = $1 AND version = $2",
         }
 
@@ -529,6 +537,22 @@ class PostgresEventStore(EventStore):
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
         rows = await self._fetch("snapshot", _valid(stream_id))
         return Snapshot(*rows[0]) if rows else None
+
+    async def load_from_snapshot(self, stream_id: str) -> tuple[Snapshot | None, list[Event]]:
+        rows = await self._fetch("from_snapshot", _valid(stream_id))
+        if not rows:
+            # No stream, or a snapshot past its head: only then a second look.
+            return await self.load_snapshot(stream_id), []
+        first = rows[0]
+        snapshot = None if first[2] is None else Snapshot(stream_id, *first[2:])
+        from_version = 1 if snapshot is None else snapshot.version
+        out = decode_payloads(self.codec, rows)
+        if len(out) < len(rows):
+            slow = await self._fetch(
+                "stream_slow", stream_id, from_version + len(out), _upper(None)
+            )
+            decode_rest(self.codec, stream_id, slow, out)
+        return snapshot, out
 
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         try:

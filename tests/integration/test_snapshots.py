@@ -143,10 +143,21 @@ async def test_a_load_reads_the_snapshot_and_only_the_events_after_it(
         expected = await _replayed(app, "acct-1")
     async with maker.app(snapshots=SnapshotPolicy(every=10)) as app:
         reads = ReadLog(app.store, monkeypatch)
+        handed: list[tuple[int | None, int]] = []
+        real = app.store.load_from_snapshot
+
+        async def logged(stream_id: str) -> tuple[Snapshot | None, list[Event]]:
+            snapshot, events = await real(stream_id)
+            handed.append((None if snapshot is None else snapshot.version, len(events)))
+            return snapshot, events
+
+        monkeypatch.setattr(app.store, "load_from_snapshot", logged)
         account = await app.get(Account, "acct-1")
         assert _state(account) == expected == (195, 25, "ada")
-        # From the snapshot's own version: that event proves the stream reaches it.
-        assert reads.calls == [("acct-1", 20)]
+        # From the snapshot's own version (that event proves the stream reaches it): six
+        # events, versions 20 to 25, and never a read from the first event.
+        assert handed == [(20, 6)]
+        assert all(from_version == 20 for _, from_version in reads.calls), reads.calls
         stats = app.loading.stats["Account"]
         assert (stats.loads, stats.snapshot_hits, stats.events_replayed) == (1, 1, 5)
 
