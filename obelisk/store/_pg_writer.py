@@ -56,6 +56,8 @@ _ATTEMPTS = 3
 # Splitting gathered appends over free connections only pays when each batch stays big
 # enough to amortise its round trip and commit.
 _MIN_SPLIT = 8
+# A position's low bits: the index of its row in the statement that wrote it.
+_INDEX_MASK = MAX_EVENTS_PER_TRANSACTION - 1
 # Streams whose committed head the writer remembers (about 100 bytes each).
 _KNOWN_HEADS = 100_000
 
@@ -122,6 +124,10 @@ class PostgresWriter:
         self._on_commit = on_commit
         self._statements = append_statements(names, offset)
         self._head = f"SELECT coalesce(max(version), 0) FROM {names.events} WHERE stream_id = $1"
+        self._heads_of = (
+            f"SELECT stream_id, max(version) FROM {names.events} "
+            "WHERE stream_id = ANY($1::text[]) GROUP BY stream_id"
+        )
         self._lookup = (
             f"SELECT event_id, stream_id, version, position FROM {names.events} "
             "WHERE event_id = ANY($1::uuid[])"
@@ -392,6 +398,9 @@ class PostgresWriter:
             return
         parts = [part for job in jobs for part in job.parts]
         if len(parts) == len(jobs) and all(len(part.events) == 1 for part in parts):
+            if self._all_known(parts):
+                await self._append_following(conn, jobs, parts)
+                return
             rows = await conn.fetch(self._statements.flat, *_flat_arguments(parts))
         else:
             rows = await conn.fetch(self._statements.batch, *_arguments(jobs))
@@ -470,6 +479,38 @@ class PostgresWriter:
             actual = await conn.fetchval(self._head, part.stream_id)
             job.results = None
             job.error = ConcurrencyError(part.stream_id, expected, actual)
+
+    def _all_known(self, parts: list[PreparedAppend]) -> bool:
+        """Whether every part's expected version is known to exist (see ``_follow``)."""
+        heads = self._heads
+        for part in parts:
+            expected = part.expected_version
+            if expected != NO_STREAM and (expected < 0 or heads.get(part.stream_id, 0) < expected):
+                return False
+        return True
+
+    async def _append_following(
+        self, conn: AnyConnection, jobs: list[WriteJob], parts: list[PreparedAppend]
+    ) -> None:
+        """One event per append, each after a version known to exist: no head is read."""
+        rows = await conn.fetch(self._statements.flat_follow, *_flat_arguments(parts))
+        written = {position & _INDEX_MASK: position for (position,) in rows}
+        refused = [part.stream_id for index, part in enumerate(parts) if index not in written]
+        heads: dict[str, int] = {}
+        if refused:
+            heads = {row[0]: row[1] for row in await conn.fetch(self._heads_of, refused)}
+        for index, (job, part) in enumerate(zip(jobs, parts, strict=True)):
+            position = written.get(index)
+            if position is not None:
+                version = part.expected_version + 1
+                job.results = [AppendResult(part.stream_id, version, position, position)]
+                job.error = None
+                self._seen(part.stream_id, version)
+            else:
+                job.results = None
+                job.error = ConcurrencyError(
+                    part.stream_id, part.expected_version, heads.get(part.stream_id, 0)
+                )
 
     def _seen(self, stream_id: str, version: int) -> None:
         """Remember that ``version`` of ``stream_id`` is committed (so all below it are)."""

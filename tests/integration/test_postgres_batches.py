@@ -149,3 +149,38 @@ async def test_an_append_after_a_version_this_writer_saw_still_catches_every_con
     assert [e.event for e in await store.read_stream("k")] == [
         ContractDeposited(amount=n) for n in (1, 2, 3, 4)
     ]
+
+
+async def test_a_batch_after_known_versions_fails_only_the_appends_another_writer_got_to(
+    store: PostgresEventStore, postgres_dsn: str, pg_schema: str
+) -> None:
+    streams = [f"f-{n}" for n in range(10)]
+    for stream in streams:  # the writer now knows each head (version 1)
+        await store.append(stream, [ContractDeposited(amount=0)], NO_STREAM)
+    async with PostgresEventStore(postgres_dsn, schema=pg_schema) as other:
+        for stream in streams[::3]:  # another process moves f-0, f-3, f-6, f-9 to 2
+            await other.append(stream, [ContractDeposited(amount=-1)], 1)
+    writer = store._writer
+    assert writer is not None
+    batches_before = writer.batches
+
+    outcomes = await asyncio.gather(
+        *(store.append(s, [ContractDeposited(amount=n)], 1) for n, s in enumerate(streams)),
+        return_exceptions=True,
+    )
+
+    assert writer.batches - batches_before < len(streams), "the appends were never batched"
+    for n, (stream, outcome) in enumerate(zip(streams, outcomes, strict=True)):
+        stored = await store.read_stream(stream)
+        if n % 3 == 0:
+            assert isinstance(outcome, ConcurrencyError), outcome
+            assert (outcome.expected, outcome.actual) == (1, 2)
+            assert [e.event for e in stored] == [
+                ContractDeposited(amount=0), ContractDeposited(amount=-1),
+            ]  # fmt: skip
+        else:
+            assert not isinstance(outcome, BaseException), outcome
+            assert (outcome.version, outcome.first_position) == (2, stored[1].position)
+            assert [e.event for e in stored] == [
+                ContractDeposited(amount=0), ContractDeposited(amount=n),
+            ]  # fmt: skip
