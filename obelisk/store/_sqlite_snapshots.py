@@ -18,11 +18,20 @@ from typing import Final
 from obelisk.errors import StoreError, StoreUnavailable
 from obelisk.store.records import Snapshot
 
-__all__ = ["LOAD_SNAPSHOT", "STREAM_SIZES", "SnapshotWriter"]
+__all__ = ["FROM_SNAPSHOT", "LOAD_SNAPSHOT", "STREAM_SIZES", "SnapshotWriter"]
 
 LOAD_SNAPSHOT: Final = (
     "SELECT stream_id, version, aggregate_type, schema_version, state, taken_at "
     "FROM obelisk_snapshots WHERE stream_id = ?"
+)
+# A load's one query: the events from the snapshot's version on, the snapshot's columns on
+# the row of its own version (the first one). {type_key} is the store's type-key column.
+FROM_SNAPSHOT: Final = (
+    "SELECT e.k, e.data, s.version, s.aggregate_type, s.schema_version, s.state, s.taken_at "
+    "FROM (SELECT version, {type_key} AS k, data FROM obelisk_events WHERE stream_id = ?1 "
+    "AND version >= coalesce((SELECT version FROM obelisk_snapshots WHERE stream_id = ?1), 1)"
+    ") e LEFT JOIN obelisk_snapshots s ON s.stream_id = ?1 AND s.version = e.version "
+    "ORDER BY e.version"
 )
 # A snapshot replaces the stored one unless that one is newer: two processes may take one
 # of the same stream at once, and the later version is the more useful.

@@ -20,7 +20,12 @@ from obelisk.domain.events import Event
 from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
 from obelisk.store._envelopes import decode_envelopes, decode_payloads, decode_rest
 from obelisk.store._sqlite_schema import ensure_schema
-from obelisk.store._sqlite_snapshots import LOAD_SNAPSHOT, STREAM_SIZES, SnapshotWriter
+from obelisk.store._sqlite_snapshots import (
+    FROM_SNAPSHOT,
+    LOAD_SNAPSHOT,
+    STREAM_SIZES,
+    SnapshotWriter,
+)
 from obelisk.store._sqlite_writer import SQLiteWriter
 from obelisk.store.base import EventStore, check_limit, prepare_appends, validate_snapshot
 from obelisk.store.codec import EventCodec, JsonCodec
@@ -44,6 +49,7 @@ _TYPE_KEY = (
     "CASE schema_version WHEN 1 THEN event_type "
     "ELSE event_type || char(31) || schema_version END"
 )
+_FROM_SNAPSHOT: Final = FROM_SNAPSHOT.format(type_key=_TYPE_KEY)
 _ENVELOPE = (
     f"SELECT position, stream_id, version, event_id, {_TYPE_KEY}, data, "
     "recorded_at, correlation_id, causation_id FROM obelisk_events "
@@ -324,6 +330,26 @@ class SQLiteEventStore(EventStore):
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
         rows = await self._fetch(LOAD_SNAPSHOT, (_valid(stream_id),))
         return Snapshot(*rows[0]) if rows else None
+
+    async def load_from_snapshot(self, stream_id: str) -> tuple[Snapshot | None, list[Event]]:
+        rows = await self._fetch(_FROM_SNAPSHOT, (_valid(stream_id),))
+        if not rows:
+            # No stream, or a snapshot past its head: only then a second look.
+            return await self.load_snapshot(stream_id), []
+        first = rows[0]
+        snapshot = None if first[2] is None else Snapshot(stream_id, *first[2:])
+        from_version = 1 if snapshot is None else snapshot.version
+        out = decode_payloads(self.codec, rows)
+        if len(out) < len(rows):
+            sql, params = _stream_query(
+                "SELECT position, version, event_type, schema_version, data FROM obelisk_events ",
+                stream_id,
+                from_version + len(out),
+                None,
+                None,
+            )
+            decode_rest(self.codec, stream_id, await self._fetch(sql, params), out)
+        return snapshot, out
 
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         self._read_conn()
