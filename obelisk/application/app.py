@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from obelisk.application.cache import AggregateCache
 from obelisk.application.commands import Command, CommandRegistry, Handler
@@ -19,8 +20,12 @@ from obelisk.application.snapshots import Snapshotter
 from obelisk.application.unit_of_work import UnitOfWork
 from obelisk.domain.aggregate import Aggregate
 from obelisk.errors import AggregateNotFound, ConcurrencyError
+from obelisk.observability.observer import CommandTiming
 from obelisk.store.base import EventStore
 from obelisk.store.url import store_from_url
+
+if TYPE_CHECKING:
+    from obelisk.observability.observer import Observer
 
 __all__ = ["Application"]
 
@@ -48,6 +53,8 @@ class Application:
         snapshots: the snapshot policy of every aggregate type (None: no snapshots);
             :meth:`configure` sets one type's.
         load_budget: the load budget of every aggregate type (None: none).
+        observer: metrics, traces and the slow-command log
+            (:class:`~obelisk.observability.Observer`; None: nothing is measured).
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class Application:
         cache_mode: CacheMode = "trust",
         snapshots: SnapshotPolicy | None = None,
         load_budget: LoadBudget | None = None,
+        observer: Observer | None = None,
     ):
         if cache_mode not in ("trust", "fast-forward"):
             raise ValueError(f"cache_mode must be 'trust' or 'fast-forward', got {cache_mode!r}")
@@ -74,6 +82,10 @@ class Application:
         self.loading = AggregateLoader(
             lambda: self.store, self.snapshotter, snapshot_policy=snapshots, budget=load_budget
         )
+        self.observer = observer
+        if observer is not None and observer.metrics is not None:
+            observer.metrics.attach(self)
+            self.loading.metrics = observer.metrics
         self._open = False
 
     def configure(
@@ -163,26 +175,45 @@ class Application:
         Returns the global position of the last event committed (None when the handler
         recorded nothing). A query can wait for read models to reach this position.
         """
-        entry = self.commands.entry_for(command)
-        policy = entry.retry or self.retry
-        attempt = 1
-        while True:
-            uow = UnitOfWork(self, correlation_id=correlation_id)
-            try:
-                # The unit's `async with` protocol, inlined: this is the per-command path.
+        observer = self.observer
+        timing: CommandTiming | None = None
+        started = 0.0
+        if observer is not None:
+            # Observed, validation included (an invalid command counts as rejected). All in
+            # this one coroutine: measured, each extra await layer cost about 1 us of W6's
+            # ~20 us per command.
+            name = getattr(type(command), "command_type", type(command).__name__)
+            timing = observer.begin(name)
+            started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            entry = self.commands.entry_for(command)
+            policy = entry.retry or self.retry
+            attempt = 1
+            while True:
+                uow = UnitOfWork(self, correlation_id=correlation_id)
+                uow._timing = timing
                 try:
-                    await entry.handler(uow, command)
-                    await uow.commit()
-                except BaseException:
-                    uow._release(failed=True)
-                    raise
-                uow._release()
-                return uow.position
-            except ConcurrencyError:
-                if attempt >= policy.attempts:
-                    raise
-                await asyncio.sleep(policy.delay(attempt))
-                attempt += 1
+                    # The unit's `async with` protocol, inlined: the per-command path.
+                    try:
+                        await entry.handler(uow, command)
+                        await uow.commit()
+                    except BaseException:
+                        uow._release(failed=True)
+                        raise
+                    uow._release()
+                    return uow.position
+                except ConcurrencyError:
+                    if attempt >= policy.attempts:
+                        raise
+                    await asyncio.sleep(policy.delay(attempt))
+                    attempt += 1
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if observer is not None:
+                observer.finish(name, started, timing, error)
 
     async def handle_json(self, name: str, payload: bytes, **kwargs: Any) -> int | None:
         """Decode a JSON command by its wire name and handle it (ValidationError if malformed)."""

@@ -23,6 +23,7 @@ from obelisk.store.records import Snapshot
 
 if TYPE_CHECKING:
     from obelisk.application.snapshots import Snapshotter
+    from obelisk.observability.metrics import Metrics
 
 __all__ = ["AggregateLoader", "LoadBudget", "LoadStats", "SnapshotPolicy"]
 
@@ -114,6 +115,7 @@ class AggregateLoader:
         self._policies: dict[type[Aggregate], SnapshotPolicy | None] = {}
         self._budgets: dict[type[Aggregate], LoadBudget | None] = {}
         self.stats: dict[str, LoadStats] = {}
+        self.metrics: Metrics | None = None  # set by an Application with an Observer
         # Whether any type may be snapshotted: when not, commits skip the check entirely.
         self.snapshots_on = snapshot_policy is not None
 
@@ -274,6 +276,10 @@ class AggregateLoader:
     ) -> None:
         stats = self.stats_for(cls)
         stats._record(aggregate.id, replayed, seconds)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.loads.child(cls.aggregate_type).observe(seconds)
+            metrics.replayed.child(cls.aggregate_type).observe(replayed)
         budget = self.budget(cls)
         if budget is None:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
@@ -13,6 +14,7 @@ from obelisk.store.records import AppendRequest, AppendResult
 
 if TYPE_CHECKING:
     from obelisk.application.app import Application
+    from obelisk.observability.observer import CommandTiming
 
 __all__ = ["UnitOfWork"]
 
@@ -44,6 +46,7 @@ class UnitOfWork:
         self.position: int | None = None
         self._done = False
         self._in_flight: Awaitable[list[AppendResult]] | None = None
+        self._timing: CommandTiming | None = None  # set by an observed Application.handle
 
     async def get(self, cls: type[A], aggregate_id: str) -> A:
         """Load ``aggregate_id`` (locked for this unit); AggregateNotFound if it has no events."""
@@ -74,11 +77,28 @@ class UnitOfWork:
                 await self._fast_forward(cached)
             self._tracked[aggregate_id] = cached
             return cached  # type: ignore[return-value]
-        aggregate = await app._load(cls, aggregate_id)
+        timing = self._timing
+        if timing is None:
+            aggregate = await app._load(cls, aggregate_id)
+        else:
+            aggregate = await self._timed_load(timing, cls, aggregate_id)
         if aggregate is not None:
             self._tracked[aggregate_id] = aggregate
             app.cache.put(aggregate)
         return aggregate
+
+    async def _timed_load(self, timing: CommandTiming, cls: type[A], aggregate_id: str) -> A | None:
+        started = time.perf_counter()
+        try:
+            if timing.tracer is None:
+                return await self._app._load(cls, aggregate_id)
+            with timing.tracer.start_as_current_span(
+                "obelisk.load", attributes={"obelisk.aggregate_type": cls.aggregate_type}
+            ):
+                return await self._app._load(cls, aggregate_id)
+        finally:
+            timing.load_seconds += time.perf_counter() - started
+            timing.loads += 1
 
     async def _fast_forward(self, cached: Aggregate) -> None:
         """Apply what other processes appended since ``cached`` was current."""
@@ -128,8 +148,19 @@ class UnitOfWork:
         if not requests:
             return None
         append = self._app.store.append_many(requests)
+        timing = self._timing
         try:
-            results = await append
+            if timing is None:
+                results = await append
+            elif timing.tracer is None:
+                started = time.perf_counter()  # inline: no coroutine of its own per commit
+                try:
+                    results = await append
+                finally:
+                    timing.append_seconds += time.perf_counter() - started
+                    timing.appends += 1
+            else:
+                results = await self._traced_append(timing, append, requests)
         except asyncio.CancelledError:
             # The store may still commit this append: _release keeps this unit's locks
             # until it settles (if the store can say when), so the next unit on these
@@ -151,6 +182,23 @@ class UnitOfWork:
             else max(result.last_position for result in results)
         )
         return self.position
+
+    @staticmethod
+    async def _traced_append(
+        timing: CommandTiming,
+        append: Awaitable[list[AppendResult]],
+        requests: list[AppendRequest],
+    ) -> list[AppendResult]:
+        events = sum(len(request.events) for request in requests)
+        started = time.perf_counter()
+        try:
+            with timing.tracer.start_as_current_span(
+                "obelisk.append", attributes={"obelisk.events": events}
+            ):
+                return await append
+        finally:
+            timing.append_seconds += time.perf_counter() - started
+            timing.appends += 1
 
     def _check_active(self) -> None:
         if self._done:

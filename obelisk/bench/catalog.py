@@ -12,6 +12,7 @@ from obelisk.bench.loading_workloads import (
     SnapshotReplay,
     SnapshottingUpdate,
 )
+from obelisk.bench.observed_workload import ObservedConcurrent
 from obelisk.bench.workload import Workload
 from obelisk.bench.workloads import CORE_WORKLOADS
 
@@ -25,6 +26,7 @@ _ORDER: Final[tuple[type[Workload], ...]] = (
     CachedUpdate,
     SnapshottingUpdate,
     FastForwardUpdate,
+    ObservedConcurrent,
 )
 WORKLOADS: Final[dict[str, type[Workload]]] = {cls.id: cls for cls in _ORDER}
 """Every workload by id, in report order."""

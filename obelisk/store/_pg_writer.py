@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -35,6 +36,7 @@ from obelisk.errors import (
     StoreError,
     StoreUnavailable,
 )
+from obelisk.observability.histogram import BATCH_BUCKETS, LATENCY_BUCKETS, FastHistogram
 from obelisk.store._idempotency import replayed_result
 from obelisk.store._jobs import WriteJob, fail, on_settled, settle
 from obelisk.store._pg_schema import (
@@ -150,6 +152,10 @@ class PostgresWriter:
         self._lone = True
         self.batches = 0
         self.jobs = 0
+        # Per batch, read by metrics: how many appends, and how long from start to commit.
+        self.batch_sizes = FastHistogram(BATCH_BUCKETS)
+        self.batch_seconds = FastHistogram(LATENCY_BUCKETS)
+        self._started_at: dict[int, float] = {}
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -272,6 +278,7 @@ class PostgresWriter:
         task.add_done_callback(self._tasks.discard)
 
     def _start(self, batch: list[WriteJob]) -> None:
+        self._started_at[id(batch)] = time.perf_counter()
         self._running.append(batch)
         self._idle.clear()
         for job in batch:
@@ -284,6 +291,10 @@ class PostgresWriter:
             self._busy_streams.difference_update(part.stream_id for part in job.parts)
         self.batches += 1
         self.jobs += len(batch)
+        self.batch_sizes.observe(len(batch))
+        started = self._started_at.pop(id(batch), None)
+        if started is not None:
+            self.batch_seconds.observe(time.perf_counter() - started)
         self._lone = len(batch) == 1 and not self._running and not self._gathered
         if maybe_committed or any(job.results for job in batch):
             self._on_commit()

@@ -30,10 +30,12 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from obelisk.errors import StoreClosed, StoreError
+from obelisk.observability.histogram import BATCH_BUCKETS, LATENCY_BUCKETS, FastHistogram
 from obelisk.store._jobs import on_settled, settle
 from obelisk.store._sqlite_batch import (
     HeadCache,
@@ -87,6 +89,10 @@ class SQLiteWriter:
         self._closing = False
         self.batches = 0
         self.jobs = 0
+        # Per batch, read by metrics: how many appends, and how long from start to commit.
+        self.batch_sizes = FastHistogram(BATCH_BUCKETS)
+        self.batch_seconds = FastHistogram(LATENCY_BUCKETS)
+        self._batch_started = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -180,6 +186,7 @@ class SQLiteWriter:
 
     def _flush(self) -> None:
         """Start the next batch: stage and insert it here, commit it here or on the thread."""
+        self._batch_started = time.perf_counter()
         if len(self._gathered) <= self._max_batch:
             jobs, self._gathered = self._gathered, []
         else:
@@ -241,6 +248,8 @@ class SQLiteWriter:
     def _complete(self, jobs: list[WriteJob]) -> None:
         self.batches += 1
         self.jobs += len(jobs)
+        self.batch_sizes.observe(len(jobs))
+        self.batch_seconds.observe(time.perf_counter() - self._batch_started)
         settle(jobs)
         if self._on_commit is not None and any(job.results for job in jobs):
             self._on_commit()

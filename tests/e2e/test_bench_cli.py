@@ -22,7 +22,7 @@ from obelisk.demo.bank import OpenAccount
 CORE_IDS = ["W1", "W2", "W3", "W4", "W6"]
 LOADING_IDS = ["W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2-snapshots",
                "W2-fast-forward"]  # fmt: skip
-WORKLOAD_IDS = CORE_IDS + LOADING_IDS
+WORKLOAD_IDS = [*CORE_IDS, *LOADING_IDS, "W6-observed"]
 REQUIRED_FIELDS = {
     "workload",
     "backend",
@@ -78,6 +78,9 @@ def test_a_quick_json_run_reports_every_workload_beside_its_raw_baseline() -> No
     assert by_id["W2-cache"]["target_ratio"] == 0.9
     assert by_id["W2-snapshots"]["target_ratio"] == pytest.approx(1 / 1.1)
     assert by_id["W2-snapshots"]["extra"]["p99_ms"] == by_id["W2-snapshots"]["median"]
+    # Observing W6 is judged against plain W6 of the same run.
+    assert by_id["W6-observed"]["target_ratio"] == 0.95
+    assert by_id["W6-observed"]["unit"] == "commands/s"
     # W6 runs 64 clients at once, so the writer commits several commands per batch.
     assert by_id["W6"]["extra"]["mean_batch_size"] >= 1
 

@@ -24,7 +24,7 @@ from obelisk.cli import app
 WORKLOAD_IDS = [
     "W1", "W2", "W3", "W4", "W6", "bulk",
     "W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2-snapshots",
-    "W2-fast-forward",
+    "W2-fast-forward", "W6-observed",
 ]  # fmt: skip
 STABLE_FIELDS = {
     "workload",
