@@ -1,7 +1,8 @@
-"""The ``obelisk`` command: demo, bench, inspect."""
+"""The ``obelisk`` command: demo, bench, inspect, profile, metrics."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -91,6 +92,44 @@ def inspect(
             store, limit=limit, slowest=slowest, json_output=json_output, imports=imports or ()
         )
     )
+
+
+@app.command()
+def profile(
+    target: Annotated[
+        str, typer.Argument(help="A bench workload id (W6, W3-snapshot, ...) or module:callable.")
+    ],
+    store: Annotated[str, typer.Option(help="Backend for a workload (as obelisk bench).")] = (
+        "sqlite"
+    ),
+    output: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path(
+        "obelisk-profile.html"
+    ),
+    top: Annotated[int, typer.Option(help="How many hot spots to print.")] = 15,
+    quick: Annotated[bool, typer.Option(help="A workload at a tenth of its size.")] = False,
+    interval: Annotated[float, typer.Option(help="Sampling interval, seconds.")] = 0.001,
+) -> None:
+    """Run a workload or your code under a sampling profiler; HTML report + hot spots."""
+    from obelisk.profiling import run_profile_cli
+
+    raise typer.Exit(
+        run_profile_cli(
+            target, store=store, output=output, top=top, quick=quick, interval=interval
+        )
+    )
+
+
+@app.command()
+def metrics(
+    store: Annotated[str, typer.Argument(help="Store URL: sqlite:///app.db, postgresql://...")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9464,
+    once: Annotated[bool, typer.Option(help="Print the metrics once and exit.")] = False,
+) -> None:
+    """Serve a store's metrics (up, last position, scrape time) for Prometheus."""
+    from obelisk.observability.serve import run_metrics_cli
+
+    raise typer.Exit(run_metrics_cli(store, host=host, port=port, once=once))
 
 
 def main() -> None:

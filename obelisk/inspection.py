@@ -23,7 +23,13 @@ from obelisk.errors import ObeliskError, UnknownEventType
 from obelisk.store.base import EventStore
 from obelisk.store.url import store_from_url
 
-__all__ = ["InspectReport", "StreamReport", "inspect_store", "run_inspect_cli"]
+__all__ = [
+    "InspectReport",
+    "StreamReport",
+    "inspect_store",
+    "refuse_missing_file",
+    "run_inspect_cli",
+]
 
 _TRIES = 3
 
@@ -104,7 +110,7 @@ def run_inspect_cli(
         err.print(f"[bold red]error:[/] cannot import {exc.name or exc}: {exc}", highlight=False)
         return 2
     try:
-        _refuse_missing_file(url)
+        refuse_missing_file(url)
         store = store_from_url(url)
         report = asyncio.run(_inspect(store, limit, slowest))
     except (ValueError, ObeliskError, OSError) as exc:
@@ -123,8 +129,11 @@ def run_inspect_cli(
     return 0
 
 
-def _refuse_missing_file(url: str) -> None:
-    # Opening a SQLite URL creates the file: inspecting a typo must not leave one behind.
+def refuse_missing_file(url: str) -> None:
+    """ValueError for a SQLite URL whose file does not exist.
+
+    Opening a SQLite URL creates the file: a tool pointed at a typo must not leave one.
+    """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = Path(parts.path[1:] if parts.path.startswith("/") else parts.path)

@@ -32,6 +32,7 @@ __all__ = [
     "parse_workload_ids",
     "run_bench",
     "run_bench_cli",
+    "run_obelisk_once",
 ]
 
 SCALE_ENV = "OBELISK_BENCH_SCALE"
@@ -149,6 +150,15 @@ async def _run_obelisk(backend: Backend, workload: Workload, location: str) -> S
             sample.extra["mean_batch_size"] = jobs / batches
             sample.extra["batches"] = float(batches)
     return sample
+
+
+async def run_obelisk_once(backend: Backend, workload: Workload) -> Sample:
+    """Run ``workload``'s obelisk side once on a fresh database (``obelisk profile``)."""
+    location = backend.fresh(f"{workload.id}-profile")
+    try:
+        return await _run_obelisk(backend, workload, location)
+    finally:
+        await backend.discard(location)
 
 
 async def _run_raw(backend: Backend, workload: Workload, location: str) -> Sample:
