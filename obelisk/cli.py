@@ -58,6 +58,16 @@ def bench(
     ] = False,
     repeat: Annotated[int | None, typer.Option(help="Repetitions per workload.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    all_backends: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every backend available: SQLite, and PostgreSQL if installed."
+        ),
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Also write a Markdown report with PNG charts into this folder."),
+    ] = None,
 ) -> None:
     """Run the benchmark workloads, each beside the raw driver doing the same work."""
     from obelisk.bench.runner import run_bench_cli
@@ -69,6 +79,8 @@ def bench(
             quick=quick,
             repeat=repeat,
             json_output=json_output,
+            all_backends=all_backends,
+            report_dir=report,
         )
     )
 

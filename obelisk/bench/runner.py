@@ -14,6 +14,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from obelisk.application import Application
@@ -277,11 +278,15 @@ def run_bench_cli(
     quick: bool = False,
     repeat: int | None = None,
     json_output: bool = False,
+    all_backends: bool = False,
+    report_dir: Path | None = None,
 ) -> int:
     """``obelisk bench``: run, print a table (or JSON) and return the exit code.
 
     0 when every run did its work, whether or not the targets were met (this is a
     measurement, not a test); 1 when a run failed its verification; 2 for bad options.
+    ``all_backends`` runs on SQLite and, when PostgreSQL's server binaries are installed,
+    on a throwaway PostgreSQL; ``report_dir`` also writes the Markdown report with charts.
     """
     from obelisk.bench import report
 
@@ -292,35 +297,79 @@ def run_bench_cli(
         if repeats < 1:
             raise BenchError(f"--repeat must be at least 1, got {repeats}")
         scale = _scale(quick)
-        backend = backend_from_option(store)
+        backends = _all_backends(err) if all_backends else [backend_from_option(store)]
     except BenchError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
-    try:
-        chosen = [WORKLOADS[name](scale) for name in ids]
-        results, description = asyncio.run(_run_started(backend, chosen, repeats, err))
-    except VerificationFailed as exc:
-        err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
-        return 1
-    except BenchError as exc:  # the backend could not start (no server, refused, ...)
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
+    everything: list[WorkloadResult] = []
+    reports = []
+    for backend in backends:
+        try:
+            chosen = [WORKLOADS[name](scale) for name in ids]
+            series = report_dir is not None
+            results, description, extra = asyncio.run(
+                _run_started(backend, chosen, repeats, err, series=series, scale=scale)
+            )
+        except VerificationFailed as exc:
+            err.print(f"[bold red]verification failed:[/] {exc}", highlight=False)
+            return 1
+        except BenchError as exc:  # the backend could not start (no server, refused, ...)
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            return 2
+        everything.extend(results)
+        if report_dir is not None:
+            from obelisk.bench.perf_report import BackendReport
+
+            reports.append(BackendReport(backend.name, description, results, *extra))
+        if not json_output:
+            skipped = [w for w in chosen if w.skip_reason(backend.name) is not None]
+            report.print_table(results, description, skipped=skipped, backend_name=backend.name)
     if json_output:
-        sys.stdout.write(report.to_json(results) + "\n")
-    else:
-        skipped = [w for w in chosen if w.skip_reason(backend.name) is not None]
-        report.print_table(results, description, skipped=skipped, backend_name=backend.name)
+        sys.stdout.write(report.to_json(everything) + "\n")
+    if report_dir is not None:
+        from obelisk.bench.perf_report import write_report
+
+        path = write_report(report_dir, reports)
+        err.print(f"report written to {path}", highlight=False)
     return 0
 
 
+def _all_backends(err: Console) -> list[Backend]:
+    """SQLite, and a throwaway PostgreSQL when its server binaries are installed."""
+    backends = [backend_from_option("sqlite")]
+    try:
+        from obelisk.servers._host import find_postgres_bin
+
+        find_postgres_bin()
+        backends.append(backend_from_option("postgresql://auto"))
+    except Exception as exc:  # no binaries, or no asyncpg: SQLite alone, said out loud
+        err.print(f"PostgreSQL skipped: {exc}", highlight=False)
+    return backends
+
+
 async def _run_started(
-    backend: Backend, workloads: Sequence[Workload], repeat: int, err: Console
-) -> tuple[list[WorkloadResult], str]:
-    """Start the backend, run, and stop it again whatever happens."""
+    backend: Backend,
+    workloads: Sequence[Workload],
+    repeat: int,
+    err: Console,
+    *,
+    series: bool = False,
+    scale: float = 1.0,
+) -> tuple[list[WorkloadResult], str, tuple[list[Any], list[Any]]]:
+    """Start the backend, run (and the report's series), and stop it whatever happens."""
     from obelisk.bench import report
 
     async with backend:
         description = backend.describe()
         err.print(f"obelisk bench on {description}", highlight=False)
-        results = await run_bench(backend, workloads, repeat, progress=report.progress(err))
-    return results, description
+        say = report.progress(err)
+        results = await run_bench(backend, workloads, repeat, progress=say)
+        extra: tuple[list[Any], list[Any]] = ([], [])
+        if series:
+            from obelisk.bench.perf_report import measure_concurrency, measure_load_times
+
+            extra = (
+                await measure_concurrency(backend, scale, say),
+                await measure_load_times(backend, scale, say),
+            )
+    return results, description, extra
