@@ -143,6 +143,7 @@ class UnitOfWork:
                         None,
                         self.correlation_id,
                         self.causation_id,
+                        None if self._timing is None else self._timing.traceparent,
                     )
                 )
         if not requests:

@@ -35,7 +35,10 @@ _log = logging.getLogger("obelisk.slow_commands")
 class CommandTiming:
     """Where one command's time went (seconds), filled in while it runs."""
 
-    __slots__ = ("append_seconds", "appends", "load_seconds", "loads", "scope", "span", "tracer")
+    __slots__ = (
+        "append_seconds", "appends", "load_seconds", "loads", "scope", "span", "traceparent",
+        "tracer",
+    )  # fmt: skip
 
     def __init__(self, tracer: Any = None) -> None:
         self.load_seconds = 0.0
@@ -45,6 +48,7 @@ class CommandTiming:
         self.tracer = tracer  # set when this command is traced: its phases get spans
         self.scope: Any = None  # the command span's context manager, while it is open
         self.span: Any = None
+        self.traceparent: str | None = None  # stored with the command's events
 
 
 def outcome_of(exc: BaseException | None) -> str:
@@ -101,6 +105,11 @@ class Observer:
         )
         timing.span = scope.__enter__()
         timing.scope = scope
+        context = timing.span.get_span_context()
+        if context.is_valid:
+            timing.traceparent = (
+                f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+            )
         return timing
 
     def finish(

@@ -4,6 +4,11 @@ obelisk uses only the OpenTelemetry *API* (``opentelemetry-api``): you bring the
 exporter you use. Spans: ``obelisk.command <type>`` per traced command, with children
 ``obelisk.load`` (per aggregate loaded) and ``obelisk.append``.
 
+A traced command stores its span's W3C ``traceparent`` with its events
+(``StoredEvent.trace_context``): whoever handles those events later — a projection, a
+relay, a worker, in any process — starts its span with ``links=link_to(stored)``, and the
+trace backend shows the two traces linked.
+
 An exporter that cannot reach its collector must never slow or fail the application:
 wrap it in :class:`CountingSpanExporter` (SDK side), which turns every error into a
 dropped batch and counts the spans lost, for the ``obelisk_spans_dropped`` metric.
@@ -15,7 +20,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["CountingSpanExporter", "obelisk_tracer"]
+__all__ = ["CountingSpanExporter", "link_to", "obelisk_tracer"]
 
 _log = logging.getLogger("obelisk.tracing")
 
@@ -27,6 +32,25 @@ def obelisk_tracer(provider: Any = None) -> Any:
     if provider is not None:
         return provider.get_tracer("obelisk")
     return trace.get_tracer("obelisk")
+
+
+def link_to(stored: Any) -> list[Any]:
+    """OpenTelemetry links to the trace that wrote ``stored`` (a StoredEvent); [] when it
+    was not traced or its trace context is not a valid ``traceparent``."""
+    from opentelemetry.trace import Link, SpanContext, TraceFlags
+
+    header = getattr(stored, "trace_context", None)
+    if not isinstance(header, str):
+        return []
+    parts = header.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+        return []
+    try:
+        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    except ValueError:
+        return []
+    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    return [Link(context)] if context.is_valid else []
 
 
 class CountingSpanExporter:

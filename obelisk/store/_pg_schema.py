@@ -124,7 +124,12 @@ def _migration_2(n: Names) -> tuple[str, ...]:
     )
 
 
-MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2))
+def _migration_3(n: Names) -> tuple[str, ...]:
+    # The W3C traceparent of the command that wrote the event (NULL: not traced).
+    return (f"ALTER TABLE {n.events} ADD COLUMN IF NOT EXISTS trace_context text",)
+
+
+MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2), (3, _migration_3))
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 
@@ -149,17 +154,18 @@ def append_statements(n: Names, offset: int) -> AppendStatements:
 
     ``batch`` takes arrays, one element per part (``$1``-``$6``) or per event (``$7``-``$11``,
     in part order; a NULL array stands for all-default: no type, job = part, part = event,
-    no correlation, schema version 1). Each stream appears at most once per call (the
-    writer sees to it). A job (``$4``) is written only if all of its parts pass, so a
-    failed check fails only its own append. It returns, per part: passed, the head it was
-    checked against, and the position of its first event.
+    no correlation, schema version 1), and ``$12`` per part (trace context). Each stream
+    appears at most once per call (the writer sees to it). A job (``$4``) is written only
+    if all of its parts pass, so a failed check fails only its own append. It returns, per
+    part: passed, the head it was checked against, and the position of its first event.
 
     ``flat`` is ``batch`` for the commonest batch, in which every append is one event to one
     stream: one row per append, so no per-event join, no window over jobs or events, and a
     position index that is simply the append's ordinal (positions need only increase,
     not be contiguous). Measured at about a fifth less time per batch than ``batch``. Its
     arrays: stream, expected, type, correlation, causation, event id, event type, schema
-    version, data (the same NULL conventions); it returns what ``batch`` does.
+    version, data, trace context (the same NULL conventions); it returns what ``batch``
+    does. The single-append statements take the trace context as their last parameter.
 
     ``flat_follow`` is ``flat`` when every expected version is known to exist (see
     ``follow`` below): no head is read, each row goes in at its expected version + 1, and
@@ -189,19 +195,20 @@ def append_statements(n: Names, offset: int) -> AppendStatements:
     )
     columns = (
         "position, stream_id, version, event_id, event_type, schema_version, data, "
-        "recorded_at, correlation_id, causation_id, stream_type"
+        "recorded_at, correlation_id, causation_id, stream_type, trace_context"
     )
     batch = f"""
 WITH parts AS (
-    SELECT u.part, u.s, u.e, coalesce(u.j, u.part) AS j, u.t, u.c, u.k,
+    SELECT u.part, u.s, u.e, coalesce(u.j, u.part) AS j, u.t, u.c, u.k, u.r,
            {head.format(stream="u.s")} AS actual
-    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[])
-         WITH ORDINALITY AS u(s, e, t, j, c, k, part)
+    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[],
+                $12::text[])
+         WITH ORDINALITY AS u(s, e, t, j, c, k, r, part)
 ), judged AS (
     SELECT p.*, bool_and(p.e = -1 OR p.e = p.actual) OVER (PARTITION BY p.j) AS ok
     FROM parts p
 ), rows AS (
-    SELECT d.part, d.s, d.actual, d.t, d.c, d.k, ev.id, ev.et, coalesce(ev.sv, 1) AS sv,
+    SELECT d.part, d.s, d.actual, d.t, d.c, d.k, d.r, ev.id, ev.et, coalesce(ev.sv, 1) AS sv,
            ev.data,
            row_number() OVER (ORDER BY ev.ord) - 1 AS idx,
            row_number() OVER (PARTITION BY d.part ORDER BY ev.ord) AS step
@@ -217,7 +224,7 @@ WITH parts AS (
     INSERT INTO {n.events} ({columns})
     SELECT base.b + r.idx, r.s, r.actual + r.step, r.id, r.et, r.sv, r.data,
            extract(epoch FROM statement_timestamp()), r.c, r.k,
-           CASE WHEN r.actual + r.step = 1 THEN r.t END
+           CASE WHEN r.actual + r.step = 1 THEN r.t END, r.r
     FROM rows r, base
     RETURNING 1
 )
@@ -226,11 +233,11 @@ FROM judged d CROSS JOIN base LEFT JOIN spans ON spans.part = d.part
 ORDER BY d.part"""
     flat = f"""
 WITH parts AS (
-    SELECT u.s, u.e, u.t, u.c, u.k, u.id, u.et, coalesce(u.sv, 1) AS sv, u.data, u.ord,
+    SELECT u.s, u.e, u.t, u.c, u.k, u.id, u.et, coalesce(u.sv, 1) AS sv, u.data, u.r, u.ord,
            {head.format(stream="u.s")} AS actual
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::uuid[],
-                $7::text[], $8::integer[], $9::bytea[])
-         WITH ORDINALITY AS u(s, e, t, c, k, id, et, sv, data, ord)
+                $7::text[], $8::integer[], $9::bytea[], $10::text[])
+         WITH ORDINALITY AS u(s, e, t, c, k, id, et, sv, data, r, ord)
 ), judged AS (
     SELECT p.*, (p.e = -1 OR p.e = p.actual) AS ok FROM parts p
 ), base AS (
@@ -239,7 +246,7 @@ WITH parts AS (
     INSERT INTO {n.events} ({columns})
     SELECT base.b + d.ord - 1, d.s, d.actual + 1, d.id, d.et, d.sv, d.data,
            extract(epoch FROM statement_timestamp()), d.c, d.k,
-           CASE WHEN d.actual = 0 THEN d.t END
+           CASE WHEN d.actual = 0 THEN d.t END, d.r
     FROM judged d, base
     WHERE d.ok
     RETURNING 1
@@ -250,10 +257,11 @@ ORDER BY d.ord"""
     flat_follow = f"""
 INSERT INTO {n.events} ({columns})
 SELECT base.b + u.ord - 1, u.s, u.e + 1, u.id, u.et, coalesce(u.sv, 1), u.data,
-       extract(epoch FROM statement_timestamp()), u.c, u.k, CASE WHEN u.e = 0 THEN u.t END
+       extract(epoch FROM statement_timestamp()), u.c, u.k, CASE WHEN u.e = 0 THEN u.t END,
+       u.r
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::uuid[],
-            $7::text[], $8::integer[], $9::bytea[])
-     WITH ORDINALITY AS u(s, e, t, c, k, id, et, sv, data, ord),
+            $7::text[], $8::integer[], $9::bytea[], $10::text[])
+     WITH ORDINALITY AS u(s, e, t, c, k, id, et, sv, data, r, ord),
      (SELECT {position} AS b) base
 ON CONFLICT (stream_id, version) DO NOTHING
 RETURNING position"""
@@ -261,7 +269,7 @@ RETURNING position"""
 INSERT INTO {n.events} ({columns})
 SELECT {position} + ev.ord - 1, $1, h.v + ev.ord, ev.id, ev.et, ev.sv, ev.data,
        extract(epoch FROM statement_timestamp()), $4, $5,
-       CASE WHEN h.v + ev.ord = 1 THEN $3 END
+       CASE WHEN h.v + ev.ord = 1 THEN $3 END, $10
 FROM (SELECT {head.format(stream="$1::text")} AS v) h,
      unnest($6::uuid[], $7::text[], $8::integer[], $9::bytea[])
          WITH ORDINALITY AS ev(id, et, sv, data, ord)
@@ -270,14 +278,14 @@ RETURNING position, version"""
     single = f"""
 INSERT INTO {n.events} ({columns})
 SELECT {position}, $1, h.v + 1, $6, $7, $8, $9,
-       extract(epoch FROM statement_timestamp()), $4, $5, CASE WHEN h.v = 0 THEN $3 END
+       extract(epoch FROM statement_timestamp()), $4, $5, CASE WHEN h.v = 0 THEN $3 END, $10
 FROM (SELECT {head.format(stream="$1::text")} AS v) h
 WHERE $2::bigint = -1 OR $2::bigint = h.v
 RETURNING position, version"""
     follow = f"""
 INSERT INTO {n.events} ({columns})
 VALUES ({position}, $1, $9::bigint + 1, $2, $3, $4, $5, extract(epoch FROM statement_timestamp()),
-        $6, $7, CASE WHEN $9::bigint = 0 THEN $8 END)
+        $6, $7, CASE WHEN $9::bigint = 0 THEN $8 END, $10)
 ON CONFLICT (stream_id, version) DO NOTHING
 RETURNING position"""
     return AppendStatements(batch, flat, flat_follow, solo, single, follow)

@@ -442,6 +442,7 @@ class PostgresWriter:
                 event.type_name,
                 event.schema_version,
                 event.data,
+                part.trace_context,
             )
         else:
             rows = await conn.fetch(
@@ -455,6 +456,7 @@ class PostgresWriter:
                 [event.type_name for event in events],
                 [event.schema_version for event in events],
                 [event.data for event in events],
+                part.trace_context,
             )
         if rows:
             first, last = rows[0], rows[-1]
@@ -481,6 +483,7 @@ class PostgresWriter:
             part.causation_id,
             part.stream_type,
             expected,
+            part.trace_context,
         )
         if position is not None:
             job.results = [AppendResult(part.stream_id, expected + 1, position, position)]
@@ -593,6 +596,7 @@ def _arguments(jobs: list[WriteJob]) -> tuple[list[Any] | None, ...]:
     stream_types = [part.stream_type for part in parts]
     correlation = [part.correlation_id for part in parts]
     causation = [part.causation_id for part in parts]
+    traces = [part.trace_context for part in parts]
     schemas = [event.schema_version for event in events]
     return (
         [part.stream_id for part in parts],
@@ -606,6 +610,7 @@ def _arguments(jobs: list[WriteJob]) -> tuple[list[Any] | None, ...]:
         [event.type_name for event in events],
         None if all(v == 1 for v in schemas) else schemas,
         [event.data for event in events],
+        None if not any(traces) else traces,
     )
 
 
@@ -615,6 +620,7 @@ def _flat_arguments(parts: list[PreparedAppend]) -> tuple[list[Any] | None, ...]
     stream_types = [part.stream_type for part in parts]
     correlation = [part.correlation_id for part in parts]
     causation = [part.causation_id for part in parts]
+    traces = [part.trace_context for part in parts]
     schemas = [event.schema_version for event in events]
     return (
         [part.stream_id for part in parts],
@@ -626,6 +632,7 @@ def _flat_arguments(parts: list[PreparedAppend]) -> tuple[list[Any] | None, ...]
         [event.type_name for event in events],
         None if all(v == 1 for v in schemas) else schemas,
         [event.data for event in events],
+        None if not any(traces) else traces,
     )
 
 

@@ -39,8 +39,8 @@ __all__ = [
 
 _INSERT_EVENT = (
     "INSERT INTO obelisk_events (position, stream_id, version, event_id, event_type, "
-    "schema_version, data, recorded_at, correlation_id, causation_id, stream_type) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "schema_version, data, recorded_at, correlation_id, causation_id, stream_type, "
+    "trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _HEAD = (
     "SELECT version FROM obelisk_events WHERE stream_id = ? ORDER BY version DESC LIMIT 1"
@@ -221,13 +221,13 @@ def _stage(
         # The stream's type rides on its first event only (NULL costs no space).
         stream_type = part.stream_type if version == 0 else None
         first = position
-        correlation, causation = part.correlation_id, part.causation_id
+        correlation, causation, trace = part.correlation_id, part.causation_id, part.trace_context
         for encoded in part.events:
             version += 1
             rows.append(
                 (position, sid, version, encoded.event_id, encoded.type_name,
                  encoded.schema_version, encoded.data, now, correlation, causation,
-                 stream_type)
+                 stream_type, trace)
             )
             stream_type = None
             if part.ids_given:

@@ -60,6 +60,13 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             ) WITHOUT ROWID""",
         ),
     ),
+    (
+        3,
+        (
+            # The W3C traceparent of the command that wrote the event (None: not traced).
+            "ALTER TABLE obelisk_events ADD COLUMN trace_context TEXT",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -87,6 +87,7 @@ class PreparedAppend(msgspec.Struct):
     correlation_id: str | None
     causation_id: str | None
     ids_given: bool
+    trace_context: str | None = None
 
 
 def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> list[PreparedAppend]:
@@ -138,6 +139,7 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
                 request.correlation_id,
                 request.causation_id,
                 request.event_ids is not None,
+                request.trace_context,
             )
         )
     return prepared

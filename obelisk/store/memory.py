@@ -46,6 +46,7 @@ class _Row:
     recorded_at: float
     correlation_id: str | None
     causation_id: str | None
+    trace_context: str | None
 
 
 @dataclass(slots=True)
@@ -127,6 +128,7 @@ class MemoryEventStore(EventStore):
                 now,
                 part.correlation_id,
                 part.causation_id,
+                part.trace_context,
             )
             self._log.append(row)
             stream.rows.append(row)
@@ -154,6 +156,7 @@ class MemoryEventStore(EventStore):
             row.recorded_at,
             row.correlation_id,
             row.causation_id,
+            row.trace_context,
         )
 
     def _slice(

@@ -79,6 +79,9 @@ class AppendRequest(msgspec.Struct, frozen=True):
             returns the first result. Generated when omitted.
         correlation_id: carried in every event's envelope.
         causation_id: carried in every event's envelope.
+        trace_context: the W3C ``traceparent`` of the trace that wrote the events, carried
+            in every event's envelope, so that whoever handles them later (a projection, a
+            relay, a worker in another process) can link its spans to that trace.
     """
 
     stream_id: str
@@ -88,6 +91,7 @@ class AppendRequest(msgspec.Struct, frozen=True):
     event_ids: Sequence[UUID] | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    trace_context: str | None = None
 
 
 class AppendResult(msgspec.Struct, frozen=True, gc=False):
@@ -114,6 +118,7 @@ class StoredEvent(msgspec.Struct, frozen=True):
     recorded_at: float
     correlation_id: str | None = None
     causation_id: str | None = None
+    trace_context: str | None = None
 
     @property
     def event_id(self) -> UUID:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -52,6 +53,32 @@ async def snapshot(store: EventStore) -> tuple[int, list[StoredEvent]]:
 
 class AppendContract(ContractBase):
     """append / append_many: optimistic concurrency, positions, atomicity and validation."""
+
+    # -- trace context -------------------------------------------------------------------
+
+    @asyncio_test
+    async def test_the_trace_context_of_an_append_is_stored_with_each_of_its_events(
+        self,
+    ) -> None:
+        one = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+        two = "00-" + "3" * 32 + "-" + "4" * 16 + "-00"
+        async with self.open_store() as store:
+            await store.append_many([AppendRequest("alone", deposits(1), trace_context=one)])
+            await store.append_many(
+                [
+                    AppendRequest("a", deposits(2, 3), NO_STREAM, trace_context=two),
+                    AppendRequest("b", deposits(4), NO_STREAM),
+                ]
+            )
+            await asyncio.gather(  # batched where the store batches
+                *(store.append_many([AppendRequest(f"c{n}", deposits(n), NO_STREAM,
+                                                   trace_context=one)]) for n in range(1, 6))
+            )  # fmt: skip
+            assert [e.trace_context for e in await store.read_stream("alone")] == [one]
+            assert [e.trace_context for e in await store.read_stream("a")] == [two, two]
+            assert [e.trace_context for e in await store.read_stream("b")] == [None]
+            by_stream = {e.stream_id: e.trace_context for e in await store.read_all()}
+            assert [by_stream[f"c{n}"] for n in range(1, 6)] == [one] * 5
 
     # -- expected versions ---------------------------------------------------------------
 

@@ -68,15 +68,16 @@ async def test_a_database_created_with_msgpack_reopens_with_msgpack(tmp_path: Pa
         await SQLiteEventStore(path).open()
 
 
-async def test_a_database_of_schema_version_1_gains_the_snapshot_table_and_keeps_its_events(
+async def test_a_database_of_schema_version_1_is_migrated_and_keeps_its_events(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "events.db"
     async with SQLiteEventStore(path) as store:
         await store.append("acct-1", deposits(1, 2))
-    # Make it what the first release left: no snapshot table, schema version 1.
+    # Make it what the first release left: no snapshot table, no trace column, version 1.
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE obelisk_snapshots")
+        conn.execute("ALTER TABLE obelisk_events DROP COLUMN trace_context")
         conn.execute("UPDATE obelisk_meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
 
@@ -89,5 +90,5 @@ async def test_a_database_of_schema_version_1_gains_the_snapshot_table_and_keeps
         ).fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     conn.close()
-    assert version == str(SCHEMA_VERSION) == "2"
+    assert version == str(SCHEMA_VERSION) == "3"
     assert "obelisk_snapshots" in tables

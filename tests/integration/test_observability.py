@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,7 +26,8 @@ from obelisk.errors import AggregateNotFound, ValidationError
 from obelisk.observability import Observer
 from obelisk.observability.asgi import metrics_asgi_app
 from obelisk.observability.metrics import Metrics
-from obelisk.observability.tracing import CountingSpanExporter, obelisk_tracer
+from obelisk.observability.tracing import CountingSpanExporter, link_to, obelisk_tracer
+from obelisk.store import SQLiteEventStore
 
 
 def _app(tmp_path: Path, observer: Observer) -> Application:
@@ -226,3 +228,33 @@ def test_observer_settings_are_checked() -> None:
         Observer(trace_sample=1.5)
     with pytest.raises(ValueError, match="slow_command_seconds"):
         Observer(slow_command_seconds=0)
+
+
+async def test_a_traced_commands_events_carry_its_trace_so_a_later_handler_links_to_it(
+    tmp_path: Path,
+) -> None:
+    tracer, exporter = _tracing()
+    async with _app(tmp_path, Observer(tracer=tracer)) as app:
+        await app.handle(OpenAccount(account_id="a", owner="ada"))
+    command = next(s for s in exporter.get_finished_spans() if s.name.startswith("obelisk.command"))
+
+    # Another process: its own store object, reading the log.
+    async with SQLiteEventStore(tmp_path / "obs.db") as store:
+        (stored,) = await store.read_all()
+        assert stored.trace_context is not None
+        with tracer.start_as_current_span("projection batch", links=link_to(stored)):
+            pass
+    handler = next(s for s in exporter.get_finished_spans() if s.name == "projection batch")
+    (link,) = handler.links
+    assert link.context.trace_id == command.context.trace_id
+    assert link.context.span_id == command.context.span_id
+
+
+async def test_an_untraced_or_garbled_trace_context_links_to_nothing(tmp_path: Path) -> None:
+    async with _app(tmp_path, Observer(metrics=Metrics())) as app:
+        await app.handle(OpenAccount(account_id="a", owner="ada"))
+        (stored,) = await app.store.read_all()
+    assert stored.trace_context is None and link_to(stored) == []
+    for garbled in ("", "00-xyz", "00-" + "g" * 32 + "-" + "0" * 16 + "-01", "00-" + "0" * 32
+                    + "-" + "0" * 16 + "-01"):  # fmt: skip
+        assert link_to(msgspec.structs.replace(stored, trace_context=garbled)) == []

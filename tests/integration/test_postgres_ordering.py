@@ -38,6 +38,7 @@ async def _open_transaction_a(dsn: str, store: PostgresEventStore) -> tuple[
         store.batch_append_sql,
         ["A"], [NO_STREAM], [None], [0], [None], [None],  # stream, expected, type, job, ...
         [1], [uuid.uuid4()], [ContractDeposited.event_type], [1], [b'{"amount":100}'],
+        [None],  # trace context
     )  # fmt: skip
     assert rows[0]["ok"]
     return conn, transaction, rows[0]["first_position"]

@@ -193,13 +193,14 @@ async def test_after_a_restore_with_higher_positions_new_appends_sort_after_them
     assert int((await _meta(sql, pg_schema))["xid_offset"]) == offset
 
 
-async def test_a_schema_of_version_1_gains_the_snapshot_table_and_keeps_its_events(
+async def test_a_schema_of_version_1_is_migrated_and_keeps_its_events(
     postgres_dsn: str, pg_schema: str, sql: asyncpg.Connection
 ) -> None:
     async with _store(postgres_dsn, pg_schema) as store:
         await store.append("acct-1", [PgSchemaNoted(n=1)], NO_STREAM)
-    # Make it what the first release left: no snapshot table, schema version 1.
+    # Make it what the first release left: no snapshot table, no trace column, version 1.
     await sql.execute(f'DROP TABLE "{pg_schema}"."obelisk_snapshots"')
+    await sql.execute(f'ALTER TABLE "{pg_schema}"."obelisk_events" DROP COLUMN trace_context')
     await sql.execute(
         f"UPDATE \"{pg_schema}\".\"obelisk_meta\" SET value = '1' WHERE key = 'schema_version'"
     )
@@ -207,4 +208,4 @@ async def test_a_schema_of_version_1_gains_the_snapshot_table_and_keeps_its_even
     async with _store(postgres_dsn, pg_schema) as store:
         assert [e.event for e in await store.read_stream("acct-1")] == [PgSchemaNoted(n=1)]
         assert await store.load_snapshot("acct-1") is None
-    assert (await _meta(sql, pg_schema))["schema_version"] == str(SCHEMA_VERSION) == "2"
+    assert (await _meta(sql, pg_schema))["schema_version"] == str(SCHEMA_VERSION) == "3"
