@@ -77,7 +77,11 @@ async def pg_schema(postgres_dsn: str) -> AsyncIterator[str]:
 
     name = f"t_{uuid.uuid4().hex}"
     yield name
-    conn = await asyncpg.connect(postgres_dsn, timeout=30)
+    # A bounded wait: a test that left a transaction open on the schema (a failed statement
+    # inside a hand-opened transaction) must fail here, not hang the whole session.
+    conn = await asyncpg.connect(
+        postgres_dsn, timeout=30, server_settings={"lock_timeout": "15s"}
+    )
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
