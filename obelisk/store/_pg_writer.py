@@ -46,7 +46,7 @@ from obelisk.store._pg_schema import (
     append_statements,
 )
 from obelisk.store._pg_shelf import ConnectionShelf
-from obelisk.store.base import PreparedAppend
+from obelisk.store.base import EncodedEvent, PreparedAppend
 from obelisk.store.records import ANY, NO_STREAM, AppendResult
 
 __all__ = ["PostgresWriter", "is_connection_error", "translate"]
@@ -586,54 +586,61 @@ def _arguments(jobs: list[WriteJob]) -> tuple[list[Any] | None, ...]:
 
     The statement reads a NULL array as all-default (``unnest`` pads it, ``coalesce``
     fills it in). Most batches are one event per append with no correlation ids: five of
-    the eleven arrays then need not be built, sent, or checked element by element by the
+    the twelve arrays then need not be built, sent, or checked element by element by the
     driver.
     """
     parts = [part for job in jobs for part in job.parts]
     events = [event for part in parts for event in part.events]
-    one_part_each = len(parts) == len(jobs)
-    one_event_each = len(events) == len(parts)
-    stream_types = [part.stream_type for part in parts]
-    correlation = [part.correlation_id for part in parts]
-    causation = [part.causation_id for part in parts]
-    traces = [part.trace_context for part in parts]
-    schemas = [event.schema_version for event in events]
+    streams, expected, types, correlation, causation, traces = _part_arrays(parts)
     return (
-        [part.stream_id for part in parts],
-        [part.expected_version for part in parts],
-        None if not any(stream_types) else stream_types,
-        None if one_part_each else [n for n, job in enumerate(jobs) for _ in job.parts],
-        None if not any(correlation) else correlation,
-        None if not any(causation) else causation,
-        None if one_event_each else [n for n, part in enumerate(parts, 1) for _ in part.events],
-        [event.event_id for event in events],
-        [event.type_name for event in events],
-        None if all(v == 1 for v in schemas) else schemas,
-        [event.data for event in events],
-        None if not any(traces) else traces,
+        streams,
+        expected,
+        types,
+        None if len(parts) == len(jobs) else [n for n, job in enumerate(jobs) for _ in job.parts],
+        correlation,
+        causation,
+        None if len(events) == len(parts) else [
+            n for n, part in enumerate(parts, 1) for _ in part.events
+        ],
+        *_event_arrays(events),
+        traces,
     )
 
 
 def _flat_arguments(parts: list[PreparedAppend]) -> tuple[list[Any] | None, ...]:
     """The flat statement's arrays (one event per append); defaults go as NULL arrays."""
+    streams, expected, types, correlation, causation, traces = _part_arrays(parts)
     events = [part.events[0] for part in parts]
-    stream_types = [part.stream_type for part in parts]
-    correlation = [part.correlation_id for part in parts]
-    causation = [part.causation_id for part in parts]
-    traces = [part.trace_context for part in parts]
-    schemas = [event.schema_version for event in events]
+    return (streams, expected, types, correlation, causation, *_event_arrays(events), traces)
+
+
+def _part_arrays(parts: list[PreparedAppend]) -> tuple[list[Any] | None, ...]:
+    """Per part: stream, expected version, and type, correlation, causation and trace
+    context (each None when no part has one)."""
     return (
         [part.stream_id for part in parts],
         [part.expected_version for part in parts],
-        None if not any(stream_types) else stream_types,
-        None if not any(correlation) else correlation,
-        None if not any(causation) else causation,
+        _or_null([part.stream_type for part in parts]),
+        _or_null([part.correlation_id for part in parts]),
+        _or_null([part.causation_id for part in parts]),
+        _or_null([part.trace_context for part in parts]),
+    )
+
+
+def _event_arrays(events: list[EncodedEvent]) -> tuple[list[Any] | None, ...]:
+    """Per event: id, type, schema version (None when all are 1) and data."""
+    schemas = [event.schema_version for event in events]
+    return (
         [event.event_id for event in events],
         [event.type_name for event in events],
         None if all(v == 1 for v in schemas) else schemas,
         [event.data for event in events],
-        None if not any(traces) else traces,
     )
+
+
+def _or_null(values: list[Any]) -> list[Any] | None:
+    """``values``, or None (all-default for the statement) when none of them is set."""
+    return values if any(values) else None
 
 
 def _judge(jobs: list[WriteJob], parts: list[PreparedAppend], rows: list[Any]) -> None:

@@ -11,13 +11,14 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from uuid import UUID
 
 import msgspec
 
 from obelisk.domain.events import Event
 from obelisk.errors import ValidationError
+from obelisk.store._envelopes import decode_payloads
 from obelisk.store.codec import EventCodec
 from obelisk.store.records import (
     ANY,
@@ -297,9 +298,33 @@ class EventStore(abc.ABC):
         snapshot's own version on (from 1 without one). The events are empty when the
         snapshot is past the stream's head. Stores may do it in one round trip.
         """
-        snapshot = await self.load_snapshot(stream_id)
+        rows = await self._snapshot_rows(stream_id)
+        if rows is None:  # no one-query path: the snapshot, then the events
+            snapshot = await self.load_snapshot(stream_id)
+            from_version = 1 if snapshot is None else snapshot.version
+            return snapshot, await self.read_stream_events(stream_id, from_version=from_version)
+        if not rows:
+            # No stream, or a snapshot past its head: only then a second look.
+            return await self.load_snapshot(stream_id), []
+        first = rows[0]
+        snapshot = None if first[2] is None else Snapshot(stream_id, *first[2:])
         from_version = 1 if snapshot is None else snapshot.version
-        return snapshot, await self.read_stream_events(stream_id, from_version=from_version)
+        out = decode_payloads(self.codec, rows)
+        if len(out) < len(rows):
+            # An uncommon row (to upcast, or corrupt): the careful read takes it from there.
+            out.extend(
+                await self.read_stream_events(stream_id, from_version=from_version + len(out))
+            )
+        return snapshot, out
+
+    async def _snapshot_rows(self, stream_id: str) -> Sequence[Sequence[Any]] | None:
+        """One query for :meth:`load_from_snapshot`, or None when the store has none.
+
+        Rows of (type key, data, then the snapshot's version, aggregate type, schema
+        version, state and taken_at on the row of the snapshot's own version, else NULLs),
+        from the snapshot's version on (from 1 without one), in version order.
+        """
+        return None
 
     @abc.abstractmethod
     async def delete_snapshot(self, stream_id: str, version: int) -> None:

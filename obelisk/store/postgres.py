@@ -538,21 +538,8 @@ class PostgresEventStore(EventStore):
         rows = await self._fetch("snapshot", _valid(stream_id))
         return Snapshot(*rows[0]) if rows else None
 
-    async def load_from_snapshot(self, stream_id: str) -> tuple[Snapshot | None, list[Event]]:
-        rows = await self._fetch("from_snapshot", _valid(stream_id))
-        if not rows:
-            # No stream, or a snapshot past its head: only then a second look.
-            return await self.load_snapshot(stream_id), []
-        first = rows[0]
-        snapshot = None if first[2] is None else Snapshot(stream_id, *first[2:])
-        from_version = 1 if snapshot is None else snapshot.version
-        out = decode_payloads(self.codec, rows)
-        if len(out) < len(rows):
-            slow = await self._fetch(
-                "stream_slow", stream_id, from_version + len(out), _upper(None)
-            )
-            decode_rest(self.codec, stream_id, slow, out)
-        return snapshot, out
+    async def _snapshot_rows(self, stream_id: str) -> Sequence[Sequence[Any]] | None:
+        return await self._fetch("from_snapshot", _valid(stream_id))
 
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         try:

@@ -331,25 +331,8 @@ class SQLiteEventStore(EventStore):
         rows = await self._fetch(LOAD_SNAPSHOT, (_valid(stream_id),))
         return Snapshot(*rows[0]) if rows else None
 
-    async def load_from_snapshot(self, stream_id: str) -> tuple[Snapshot | None, list[Event]]:
-        rows = await self._fetch(_FROM_SNAPSHOT, (_valid(stream_id),))
-        if not rows:
-            # No stream, or a snapshot past its head: only then a second look.
-            return await self.load_snapshot(stream_id), []
-        first = rows[0]
-        snapshot = None if first[2] is None else Snapshot(stream_id, *first[2:])
-        from_version = 1 if snapshot is None else snapshot.version
-        out = decode_payloads(self.codec, rows)
-        if len(out) < len(rows):
-            sql, params = _stream_query(
-                "SELECT position, version, event_type, schema_version, data FROM obelisk_events ",
-                stream_id,
-                from_version + len(out),
-                None,
-                None,
-            )
-            decode_rest(self.codec, stream_id, await self._fetch(sql, params), out)
-        return snapshot, out
+    async def _snapshot_rows(self, stream_id: str) -> Sequence[Sequence[Any]] | None:
+        return await self._fetch(_FROM_SNAPSHOT, (_valid(stream_id),))
 
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         self._read_conn()

@@ -449,3 +449,42 @@ async def test_two_processes_with_caches_writing_one_aggregate_lose_no_update(
         # Every deposit of both processes is there exactly once: no update was lost.
         assert await _replayed(app, "shared") == (count * 1001, 1 + 2 * count, "ada")
         assert _state(await app.get(Account, "shared")) == (count * 1001, 1 + 2 * count, "ada")
+
+
+async def test_a_corrupt_event_after_the_snapshot_is_named_not_skipped(
+    shared: StoreMaker,
+) -> None:
+    from obelisk.errors import CorruptEvent
+
+    async with shared.app(snapshots=SnapshotPolicy(every=2)) as app:
+        await _deposits(app, "acct-1", [1, 2])  # versions 1..3, a snapshot at 2 or 3
+        await app.snapshotter.drain()
+        # Pin the snapshot at 2, so that version 3 is read after it.
+        await app.store.delete_snapshot("acct-1", 3)
+        first_two = await app.store.read_stream_events("acct-1", to_version=2)
+        state = state_codec(Account).encode(Account.rebuild("acct-1", first_two))
+        await app.store.save_snapshots([Snapshot("acct-1", 2, "Account", 1, state, 0.0)])
+        assert await _snapshot_version(app, "acct-1") == 2
+    await _corrupt_version_3(shared)
+    async with shared.app(snapshots=SnapshotPolicy(every=1000)) as app:
+        with pytest.raises(CorruptEvent, match="version 3"):
+            await app.get(Account, "acct-1")
+
+
+async def _corrupt_version_3(shared: StoreMaker) -> None:
+    sql = "UPDATE {t} SET data = {v} WHERE stream_id = 'acct-1' AND version = 3"
+    if shared.kind == "sqlite":
+        import sqlite3
+
+        conn = sqlite3.connect(shared._path)
+        with conn:
+            conn.execute(sql.format(t="obelisk_events", v="x'ff00'"))
+        conn.close()
+    else:
+        import asyncpg
+
+        pg = await asyncpg.connect(shared._dsn)
+        try:
+            await pg.execute(sql.format(t=f'"{shared._schema}".obelisk_events', v="'\\xff00'"))
+        finally:
+            await pg.close()
