@@ -67,3 +67,9 @@ def test_once_prints_the_exposition_and_a_missing_file_is_refused(tmp_path: Path
     assert "obelisk_store_last_position 1.0" in result.stdout
     missing = CliRunner().invoke(cli_app, ["metrics", f"sqlite:///{tmp_path / 'no.db'}", "--once"])
     assert missing.exit_code == 2 and not (tmp_path / "no.db").exists()
+
+
+def test_an_unsupported_url_exits_2_with_a_message() -> None:
+    result = CliRunner().invoke(cli_app, ["metrics", "nosuch://x", "--once"])
+    assert result.exit_code == 2
+    assert "unsupported store URL" in result.output

@@ -207,3 +207,10 @@ def test_a_hundred_thousand_small_aggregates_take_under_half_a_kilobyte_each() -
         tracemalloc.stop()
     assert len(cache) == count
     assert per_aggregate < 512, per_aggregate
+
+
+def test_an_unknown_cache_mode_or_a_negative_byte_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="cache_mode"):
+        Application(cache_mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_bytes"):
+        Application(cache_bytes=-1)
