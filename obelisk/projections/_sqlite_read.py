@@ -1,0 +1,173 @@
+"""The SQLite read store: read models in a SQLite file (the event store's or another).
+
+Statements run on the event loop's thread: SQLite answers in microseconds, and a hop to a
+worker thread per statement would cost more than the statement. The one wait that could
+block the loop — another writer holding the file's write lock — never happens inside
+SQLite: the connection does not wait for locks (``timeout=0``); ``BEGIN IMMEDIATE`` is
+retried with ``asyncio.sleep`` until the lock is free or ``busy_timeout`` has passed.
+
+``synchronous=NORMAL``: a commit is not fsynced. Power loss may lose the last batches, but
+never half of one (changes and checkpoint commit together), and the runner re-applies them
+from the older checkpoint: the effect is still exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
+from obelisk.projections._dialect import SQLITE
+from obelisk.projections.readstore import ReadStore, ReadTransaction, encode_json_values
+from obelisk.projections.tables import ChangeSet, quote
+
+__all__ = ["SQLiteReadStore"]
+
+
+class _SQLiteTransaction(ReadTransaction):
+    dialect = SQLITE
+
+    def __init__(self, store: SQLiteReadStore, conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self.begun = False
+
+    async def _begin(self) -> None:
+        if not self.begun:
+            await self._store._begin(self._conn)
+            self.begun = True
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        await self._begin()
+        with _errors():
+            return int(self._conn.execute(sql, args).rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._begin()
+        with _errors():
+            self._conn.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        await self._begin()
+        with _errors():
+            rows: list[tuple[Any, ...]] = self._conn.execute(sql, args).fetchall()
+            return rows
+
+    async def flush(self, changes: Sequence[tuple[ChangeSet, str]]) -> None:
+        if not any(len(change) for change, _ in changes):
+            return
+        await self._begin()
+        conn = self._conn
+        for change, physical in changes:
+            if not change:
+                continue
+            table = change.table
+            deletes, upserts, adds = change.plan()
+            with _errors():
+                if deletes:
+                    keys = deletes if len(table.key) > 1 else [(k,) for k in deletes]
+                    conn.executemany(SQLITE.delete(table, physical), keys)
+                for columns, rows in upserts:
+                    values = encode_json_values(table, columns, rows)
+                    conn.executemany(SQLITE.upsert(table, physical, columns), values)
+                for columns, rows in adds:
+                    conn.executemany(SQLITE.add(table, physical, columns), rows)
+            change.clear()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """sqlite3's errors as obelisk's (a bad statement or row is not a transient fault)."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise StoreError(f"read model constraint failed: {exc}") from exc
+    except (sqlite3.OperationalError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
+        raise StoreError(f"read store statement failed: {exc}") from exc
+
+
+class SQLiteReadStore(ReadStore):
+    """Read models in one SQLite file.
+
+    Args:
+        path: the database file (created if missing). It may be the event store's file:
+            read models then share its write lock, briefly, once per batch.
+        busy_timeout: how long a batch waits for the write lock before failing.
+    """
+
+    dialect = SQLITE
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
+        self.path = str(path)
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on the one connection
+
+    def __repr__(self) -> str:
+        return f"SQLiteReadStore({self.path!r})"
+
+    def qualified(self, name: str) -> str:
+        return quote(name)
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA cache_size = -65536")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open read store {self.path}: {exc}") from exc
+        self._conn = conn
+        await self.ensure_bookkeeping()
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise StoreError(f"read store cannot begin: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(
+                        f"read store {self.path} stayed locked for {self.busy_timeout}s"
+                    ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreClosed(f"{self!r} is not open")
+            tx = _SQLiteTransaction(self, conn)
+            try:
+                yield tx
+            except BaseException:
+                if tx.begun:
+                    conn.execute("ROLLBACK")
+                raise
+            if tx.begun:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    conn.execute("ROLLBACK")
+                    raise StoreError(f"read store commit failed: {exc}") from exc

@@ -1,0 +1,545 @@
+"""The projection runner: pages of the log in, one transaction per page out.
+
+For each page of events (after its checkpoint, of the types its projection handles) the
+runner calls the handlers, which stage changes; then, in one transaction on the read
+database, it writes the merged changes and moves the checkpoint. The checkpoint update is
+fenced by the lease (see :mod:`obelisk.projections.readstore`): a runner that lost its
+lease cannot commit. Whatever stops a runner — a crash, SIGKILL, a lost connection — it
+resumes from the committed checkpoint, so every event's effect lands exactly once.
+
+A handler that raises is a poison event: by default the runner stops and reports it
+(:class:`ProjectionError`); with ``on_error="dead-letter"`` the event is recorded in the
+dead-letter table, the rest of its page is applied, and the runner goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import traceback
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+from obelisk.errors import (
+    ObeliskError,
+    StoreClosed,
+    StoreError,
+    StoreUnavailable,
+    ValidationError,
+)
+from obelisk.observability.histogram import FastHistogram
+from obelisk.projections.projection import Context, Projection
+from obelisk.projections.readstore import Claim, DeadLetter, ReadStore, ReadTransaction
+from obelisk.projections.tables import ChangeSet, Table
+
+if TYPE_CHECKING:
+    from obelisk.store.base import EventStore
+    from obelisk.store.records import StoredEvent
+
+__all__ = ["Lag", "ProjectionError", "ProjectionRunner", "partition_of"]
+
+_log = logging.getLogger("obelisk.projections")
+
+OnError = Literal["stop", "dead-letter"]
+BATCH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def partition_of(stream_id: str, partitions: int) -> int:
+    """The partition of ``stream_id`` among ``partitions`` (stable across processes)."""
+    return zlib.crc32(stream_id.encode()) % partitions
+
+
+class ProjectionError(ObeliskError):
+    """A handler failed on an event and the projection stopped (``on_error="stop"``)."""
+
+    def __init__(self, projection: str, stored: StoredEvent, error: BaseException) -> None:
+        self.projection = projection
+        self.stream_id = stored.stream_id
+        self.position = stored.position
+        self.version = stored.version
+        self.event_type = stored.event_type
+        self.error = error
+        super().__init__(
+            f"projection {projection!r} stopped at position {stored.position} "
+            f"(stream {stored.stream_id!r} version {stored.version}, "
+            f"{stored.event_type}): {type(error).__name__}: {error}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far a runner is behind the log.
+
+    ``positions`` is the head's position minus the checkpoint (0 when caught up; on
+    PostgreSQL positions are not contiguous, so it is not an event count). ``seconds`` is
+    the age of the newest applied event while the runner is behind, 0 once caught up.
+    """
+
+    positions: int
+    seconds: float
+
+
+class _HandlerFailed(Exception):
+    def __init__(self, index: int | None, error: BaseException) -> None:
+        self.index = index  # None: the flush failed, the event is not known
+        self.error = error
+
+
+class _Fenced(Exception):
+    """The checkpoint update matched no row: lease lost, paused, or generation retired."""
+
+
+# A callback run inside the transaction of the batch that catches up (a rebuild's switch).
+OnCaughtUp = Callable[[ReadTransaction, int], Awaitable[None]]
+
+
+class ProjectionRunner:
+    """Runs one partition of a projection: catch up, then follow the log live.
+
+    Args:
+        projection: the projection instance.
+        store: the event store to read.
+        read_store: the read database (checkpoints live there).
+        partition / partitions: which share of the streams this runner applies (by a
+            hash of the stream id); ``partitions`` is fixed when the projection first runs.
+        page_size: events per batch (and per read).
+        on_error: ``"stop"`` (raise :class:`ProjectionError`) or ``"dead-letter"``.
+        lease_seconds: how long a lease lasts without renewal; a killed runner's
+            partition is taken over after at most this long.
+        poll_interval: the longest wait for new events when nothing wakes the runner.
+        owner: this runner's id in the lease table (a fresh one by default).
+    """
+
+    def __init__(
+        self,
+        projection: Projection,
+        store: EventStore,
+        read_store: ReadStore,
+        *,
+        partition: int = 0,
+        partitions: int = 1,
+        page_size: int = 1000,
+        on_error: OnError = "stop",
+        lease_seconds: float = 10.0,
+        poll_interval: float = 1.0,
+        owner: str | None = None,
+    ) -> None:
+        if not isinstance(projection, Projection):
+            raise ValidationError(f"expected a Projection instance, got {projection!r}")
+        if not getattr(type(projection), "name", None):
+            raise ValidationError(f"{type(projection).__qualname__} has no name")
+        if partitions < 1 or not 0 <= partition < partitions:
+            raise ValidationError(f"need 0 <= partition < partitions, got {partition}/{partitions}")
+        if page_size < 1:
+            raise ValidationError(f"page_size must be >= 1, got {page_size}")
+        if on_error not in ("stop", "dead-letter"):
+            raise ValidationError(f"on_error must be 'stop' or 'dead-letter', got {on_error!r}")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ValidationError("lease_seconds and poll_interval must be > 0")
+        self.projection = projection
+        self.name = type(projection).name
+        self.store = store
+        self.read_store = read_store
+        self.partition = partition
+        self.partitions = partitions
+        self.page_size = page_size
+        self.on_error: OnError = on_error
+        self.lease_seconds = float(lease_seconds)
+        self.poll_interval = poll_interval
+        self.owner = owner or f"{uuid.uuid4().hex[:12]}"
+        self.position = 0  # applied and committed (all events up to it)
+        self.events_applied = 0
+        self.batches = 0
+        self.dead_lettered = 0
+        self.errors = 0
+        self.batch_seconds = FastHistogram(BATCH_BUCKETS)
+        self.batch_events = FastHistogram((1, 10, 100, 500, 1000, 2000, 5000, 10000))
+        self.caught_up = False
+        self.generation: int | None = None
+        self._last_event_at: float | None = None
+        self._dispatch = projection.dispatch()
+        self._types = type(projection).event_types()
+        cls = type(projection)
+        self._hooks = (
+            cls.before_batch is not Projection.before_batch
+            or cls.after_batch is not Projection.after_batch
+        )
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self._claim: Claim | None = None
+        self.on_batch: Callable[[ProjectionRunner], None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ProjectionRunner({self.name!r}, partition={self.partition}/{self.partitions}, "
+            f"position={self.position})"
+        )
+
+    # -- public control ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim the partition (waiting while another runner holds it), catch up, follow
+        the log until :meth:`stop`; a lost connection or lease goes back to claiming."""
+        from obelisk.projections.rebuild import ensure_current
+
+        self._stopping = False
+        backoff = 0.05
+        while not self._stopping:
+            try:
+                state = await ensure_current(
+                    self.projection,
+                    self.store,
+                    self.read_store,
+                    self.partitions,
+                    owner=self.owner,
+                    lease_seconds=self.lease_seconds,
+                )
+                if state.paused:
+                    await self._sleep(self.poll_interval)
+                    continue
+                claim = await self.read_store.claim(
+                    self.name,
+                    state.live_generation,
+                    self.partition,
+                    self.owner,
+                    self.lease_seconds,
+                )
+                if claim is None:  # someone else holds it: stand by
+                    await self._sleep(min(self.poll_interval, self.lease_seconds / 3))
+                    continue
+                backoff = 0.05
+                await self.serve(claim)
+            except StoreClosed:
+                raise
+            except StoreError as exc:
+                self.errors += 1
+                _log.warning("projection %s: %s; retrying in %.2fs", self.name, exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def stop(self) -> None:
+        """Finish the batch in progress, release the lease and return from :meth:`run`."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run_until_caught_up(self, *, on_caught_up: OnCaughtUp | None = None) -> int:
+        """Claim, apply everything committed so far, release; the checkpoint reached.
+
+        ``on_caught_up(tx, position)`` runs inside the transaction of the batch that
+        reaches the head (a rebuild switches generations there).
+        """
+        from obelisk.projections.rebuild import ensure_current
+
+        if self.generation is None:
+            state = await ensure_current(
+                self.projection,
+                self.store,
+                self.read_store,
+                self.partitions,
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
+            )
+            self.generation = state.live_generation
+        claim = await self.read_store.claim(
+            self.name, self.generation, self.partition, self.owner, self.lease_seconds
+        )
+        if claim is None:
+            raise ProjectionBusy(self.name, self.partition)
+        self._stopping = False
+        await self.serve(claim, until_caught_up=True, on_caught_up=on_caught_up)
+        return self.position
+
+    async def wait_for(self, position: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until this runner has applied everything up to ``position`` (a command's
+        returned position); False if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.position < position:
+            self._advanced.clear()
+            if self.position >= position:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except TimeoutError:
+                return self.position >= position
+        return True
+
+    async def lag(self) -> Lag:
+        """Positions and seconds behind the event store's head."""
+        head = await self.store.last_position()
+        behind = max(0, head - self.position)
+        if behind == 0 or self.caught_up or self._last_event_at is None:
+            return Lag(behind, 0.0)
+        return Lag(behind, max(0.0, time.time() - self._last_event_at))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def serve(
+        self,
+        claim: Claim,
+        *,
+        until_caught_up: bool = False,
+        on_caught_up: OnCaughtUp | None = None,
+    ) -> None:
+        """Apply the log for ``claim`` until stopped, fenced off, or (``until_caught_up``)
+        at the head. The lease is released on a graceful stop."""
+        self._claim = claim
+        self.generation = claim.generation
+        self.position = claim.position
+        self._advanced.set()
+        store = self.store
+        names = {t: self.read_store.physical(t, claim.generation) for t in self.projection.tables}
+        store._add_waker(self._wake)
+        channel = store._wake_channel(self._wake.set)
+        renew_every = self.lease_seconds / 3
+        last_commit = time.monotonic()
+        check_head = False
+        release = True
+        prefetch: asyncio.Future[list[StoredEvent]] | None = None
+        try:
+            while not self._stopping:
+                self._wake.clear()  # before reading: a commit during the read wakes us again
+                if channel is not None:
+                    try:
+                        await channel.ensure()
+                    except StoreError as exc:
+                        _log.warning("projection %s polls, wake channel down: %s", self.name, exc)
+                # The head is read before the page: once a short page comes back, every
+                # position up to that head has been seen (stores never show a position
+                # before all lower ones are visible), even if none of it was ours.
+                head = await store.last_position() if check_head else None
+                if prefetch is not None:
+                    page = await prefetch
+                    prefetch = None
+                else:
+                    page = await store.read_all(
+                        after=self.position, limit=self.page_size, types=self._types
+                    )
+                short = len(page) < self.page_size
+                if not short:
+                    # Catching up: read the next page while this one is applied (the event
+                    # database and the read database work at the same time).
+                    prefetch = asyncio.ensure_future(
+                        store.read_all(
+                            after=page[-1].position, limit=self.page_size, types=self._types
+                        )
+                    )
+                caught_up = short and head is not None
+                target = page[-1].position if page else self.position
+                if caught_up and head is not None and head > target:
+                    target = head
+                if self.partitions > 1 and page:
+                    mine = [
+                        e
+                        for e in page
+                        if partition_of(e.stream_id, self.partitions) == self.partition
+                    ]
+                else:
+                    mine = page
+                finish = on_caught_up if (until_caught_up and caught_up) else None
+                due = time.monotonic() - last_commit > renew_every
+                if mine or target > self.position or due or finish is not None:
+                    if not await self._apply(claim, names, mine, target, finish, []):
+                        release = False
+                        return  # fenced off: the caller decides what next
+                    last_commit = time.monotonic()
+                if not short:
+                    self.caught_up = False
+                    check_head = False
+                    continue
+                if head is None:
+                    check_head = True  # read the head, then the tail again
+                    continue
+                self.caught_up = True
+                if until_caught_up:
+                    return
+                await self._sleep(min(self.poll_interval, renew_every))
+        except BaseException:
+            release = False
+            raise
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await prefetch
+            store._remove_waker(self._wake)
+            if channel is not None:
+                await channel.close()
+            self._claim = None
+            if release:
+                await self.read_store.release(claim)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # -- batches -----------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        claim: Claim,
+        names: dict[Table, str],
+        events: Sequence[StoredEvent],
+        target: int,
+        on_caught_up: OnCaughtUp | None,
+        letters: list[DeadLetter],
+    ) -> bool:
+        """Apply ``events`` and move the checkpoint to ``target``; False when fenced off.
+
+        A failing event is isolated: the events before it commit as one batch, then the
+        policy decides about it (stop, or dead-letter it with the checkpoint past it), then
+        the rest follow.
+        """
+        pending = list(events)
+        while True:
+            try:
+                await self._commit(claim, names, pending, target, letters, on_caught_up)
+                return True
+            except _Fenced:
+                return False
+            except _HandlerFailed as failed:
+                if not await self.read_store.holds(claim):
+                    # E.g. a rebuild retired this generation and dropped its tables under
+                    # the batch: not the event's fault.
+                    return False
+                if failed.index is None:
+                    if len(pending) == 1:
+                        failed = _HandlerFailed(0, failed.error)
+                    else:
+                        # The flush failed: halve the batch until one event is to blame.
+                        half = len(pending) // 2
+                        if not await self._apply(
+                            claim, names, pending[:half], pending[half - 1].position, None, letters
+                        ):
+                            return False
+                        pending = pending[half:]
+                        continue
+                index = failed.index
+                assert index is not None
+                poison = pending[index]
+                if index and not await self._apply(
+                    claim, names, pending[:index], pending[index - 1].position, None, letters
+                ):
+                    return False
+                if self.on_error == "stop":
+                    raise ProjectionError(self.name, poison, failed.error) from failed.error
+                _log.error(
+                    "projection %s dead-letters position %d (%s): %s",
+                    self.name,
+                    poison.position,
+                    poison.event_type,
+                    failed.error,
+                )
+                letters.append(
+                    DeadLetter(
+                        self.name,
+                        claim.generation,
+                        poison.position,
+                        poison.stream_id,
+                        poison.version,
+                        poison.event_type,
+                        "".join(
+                            traceback.format_exception_only(type(failed.error), failed.error)
+                        ).strip(),
+                        time.time(),
+                    )
+                )
+                self.dead_lettered += 1
+                pending = pending[index + 1 :]
+                if not pending:
+                    # The dead letter and the checkpoint past it commit together.
+                    try:
+                        await self._commit(claim, names, [], target, letters, on_caught_up)
+                    except _Fenced:
+                        return False
+                    return True
+                # The next batch carries the letter (committed with the events after it).
+
+    async def _commit(
+        self,
+        claim: Claim,
+        names: dict[Table, str],
+        events: Sequence[StoredEvent],
+        target: int,
+        letters: list[DeadLetter],
+        on_caught_up: OnCaughtUp | None,
+    ) -> None:
+        started = time.perf_counter()
+        tables = self.projection.tables
+        changes = {t: ChangeSet(t) for t in tables}
+        dispatch = self._dispatch
+        read_store = self.read_store
+        applied = 0
+        async with read_store.transaction() as tx:
+            ctx = Context(tx, changes, names)
+            if self._hooks:
+                await self.projection.before_batch(ctx)
+            for index, stored in enumerate(events):
+                entry = dispatch.get(type(stored.event))
+                if entry is None:
+                    continue  # a type this projection does not handle: skipped
+                ctx.stored = stored
+                try:
+                    result = entry[0](stored.event, ctx)
+                    if entry[1]:
+                        await result  # type: ignore[misc]
+                except StoreError as exc:
+                    if _transient(exc):
+                        raise
+                    raise _HandlerFailed(index, exc) from exc
+                except Exception as exc:
+                    raise _HandlerFailed(index, exc) from exc
+                applied += 1
+            if self._hooks:
+                await self.projection.after_batch(ctx)
+            try:
+                await tx.flush([(changes[t], names[t]) for t in tables])
+            except StoreError as exc:
+                if _transient(exc):
+                    raise
+                raise _HandlerFailed(None, exc) from exc
+            for letter in letters:
+                await read_store.record_dead_letter(tx, letter)
+            last_event_at = events[-1].recorded_at if events else None
+            if not await read_store.advance(tx, claim, target, self.lease_seconds, last_event_at):
+                raise _Fenced
+            if on_caught_up is not None:
+                await on_caught_up(tx, target)
+        letters.clear()
+        self.position = target
+        if events:
+            self._last_event_at = events[-1].recorded_at
+            self.events_applied += applied
+            self.batches += 1
+            self.batch_events.observe(len(events))
+            self.batch_seconds.observe(time.perf_counter() - started)
+        self._advanced.set()
+        if self.on_batch is not None:
+            self.on_batch(self)
+
+
+def _transient(exc: StoreError) -> bool:
+    return isinstance(exc, StoreUnavailable)
+
+
+class ProjectionBusy(ObeliskError):
+    """Another runner holds the partition's lease."""
+
+    def __init__(self, name: str, partition: int) -> None:
+        super().__init__(f"projection {name!r} partition {partition} is held by another runner")
+
+
+def fair_share(partitions: int, workers: int) -> int:
+    """How many partitions one of ``workers`` live workers should own."""
+    return math.ceil(partitions / max(1, workers))
