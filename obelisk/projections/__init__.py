@@ -10,6 +10,7 @@ from obelisk.projections.consistency import (
     position_header,
     wait_for_position,
 )
+from obelisk.projections.pagination import KeysetPage, fetch_page, keyset_sql
 from obelisk.projections.projection import Context, Projection, handles
 from obelisk.projections.readstore import (
     Claim,
@@ -29,6 +30,7 @@ __all__ = [
     "Context",
     "DeadLetter",
     "Index",
+    "KeysetPage",
     "Lag",
     "Projection",
     "ProjectionError",
@@ -39,7 +41,9 @@ __all__ = [
     "ReadTransaction",
     "RebuildProgress",
     "Table",
+    "fetch_page",
     "handles",
+    "keyset_sql",
     "partition_of",
     "position_from_headers",
     "position_header",

@@ -164,6 +164,15 @@ class PostgresReadStore(ReadStore):
         if pool is not None:
             await pool.close()
 
+    async def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        pool = self._pool
+        if pool is None:
+            raise StoreClosed(f"{self!r} is not open")
+        try:
+            return [tuple(r) for r in await pool.fetch(sql, *args)]
+        except Exception as exc:
+            raise _translate(exc) from exc
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
         pool = self._pool

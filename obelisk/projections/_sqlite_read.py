@@ -106,6 +106,7 @@ class SQLiteReadStore(ReadStore):
         self.path = str(path)
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on the one connection
 
     def __repr__(self) -> str:
@@ -128,12 +129,28 @@ class SQLiteReadStore(ReadStore):
             raise StoreUnavailable(f"cannot open read store {self.path}: {exc}") from exc
         self._conn = conn
         await self.ensure_bookkeeping()
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA query_only = ON")
+        self._reader = reader
 
     async def close(self) -> None:
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                reader.close()
+
+    async def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        # Its own connection: a WAL reader sees the last commit and never waits for the
+        # writer, so queries run beside batches.
+        reader = self._reader
+        if reader is None:
+            raise StoreClosed(f"{self!r} is not open")
+        with _errors():
+            rows: list[tuple[Any, ...]] = reader.execute(sql, args).fetchall()
+            return rows
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + self.busy_timeout

@@ -161,6 +161,10 @@ class ReadStore(abc.ABC):
         """``async with store.transaction() as tx``: commit on success, roll back on error."""
 
     @abc.abstractmethod
+    async def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query, outside any batch (never takes the write lock)."""
+
+    @abc.abstractmethod
     def qualified(self, name: str) -> str:
         """``name`` quoted (and schema-qualified where the store has a schema)."""
 
