@@ -1,4 +1,4 @@
-"""The ``obelisk`` command: demo, bench, inspect, profile, metrics."""
+"""The ``obelisk`` command: demo, bench, inspect, profile, metrics, projections."""
 
 from __future__ import annotations
 
@@ -60,9 +60,7 @@ def bench(
     json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
     all_backends: Annotated[
         bool,
-        typer.Option(
-            "--all", help="Every backend available: SQLite, and PostgreSQL if installed."
-        ),
+        typer.Option("--all", help="Every backend available: SQLite, and PostgreSQL if installed."),
     ] = False,
     report: Annotated[
         Path | None,
@@ -125,9 +123,7 @@ def profile(
     from obelisk.profiling import run_profile_cli
 
     raise typer.Exit(
-        run_profile_cli(
-            target, store=store, output=output, top=top, quick=quick, interval=interval
-        )
+        run_profile_cli(target, store=store, output=output, top=top, quick=quick, interval=interval)
     )
 
 
@@ -142,6 +138,15 @@ def metrics(
     from obelisk.observability.serve import run_metrics_cli
 
     raise typer.Exit(run_metrics_cli(store, host=host, port=port, once=once))
+
+
+def _add_projections() -> None:
+    from obelisk.projections.cli import projections_app
+
+    app.add_typer(projections_app, name="projections")
+
+
+_add_projections()
 
 
 def main() -> None:

@@ -35,6 +35,8 @@ from obelisk.observability.histogram import EVENT_BUCKETS, LATENCY_BUCKETS, Fast
 
 if TYPE_CHECKING:
     from obelisk.application.app import Application
+    from obelisk.projections.runner import ProjectionRunner
+    from obelisk.projections.worker import ProjectionWorker
 
 __all__ = ["LATENCY_BUCKETS", "FastHistogram", "LabelGuard", "Metrics"]
 
@@ -130,6 +132,13 @@ class Metrics(Collector):
     def attach(self, app: Application) -> None:
         """Also report ``app``'s own counters (cache, loads, snapshots, group commit)."""
         self._apps.append(app)
+
+    def watch_projection(self, watched: ProjectionRunner | ProjectionWorker) -> None:
+        """Also report a projection runner's (or a worker's runners') checkpoint, lag,
+        batch time and dead letters."""
+        from obelisk.observability.projection_metrics import projection_source
+
+        self.add_source(projection_source(watched))
 
     def add_source(self, source: Callable[[], Iterator[Any]]) -> None:
         """Add a callable yielding metric families at scrape time (later capabilities)."""

@@ -102,6 +102,11 @@ async def rebuild(
 
     cls = type(projection)
     state = await read_store.register(cls.name, cls.version, partitions, cls.tables)
+    if state.version > cls.version:
+        raise ObeliskError(
+            f"projection {cls.name!r} is live at version {state.version}; refusing to "
+            f"rebuild it with this code's older version {cls.version}"
+        )
     generation = await read_store.begin_rebuild(cls.name, cls.tables)
     head = await store.last_position()
     started = time.perf_counter()

@@ -24,7 +24,7 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from obelisk.errors import (
     ObeliskError,
@@ -47,6 +47,7 @@ __all__ = ["Lag", "ProjectionError", "ProjectionRunner", "partition_of"]
 _log = logging.getLogger("obelisk.projections")
 
 OnError = Literal["stop", "dead-letter"]
+MAX_SPAN_LINKS: Final = 32
 BATCH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -114,6 +115,8 @@ class ProjectionRunner:
             partition is taken over after at most this long.
         poll_interval: the longest wait for new events when nothing wakes the runner.
         owner: this runner's id in the lease table (a fresh one by default).
+        tracer: an OpenTelemetry tracer (:func:`~obelisk.observability.obelisk_tracer`):
+            one span per batch, linked to the traced commands that wrote its events.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class ProjectionRunner:
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
         owner: str | None = None,
+        tracer: Any = None,
     ) -> None:
         if not isinstance(projection, Projection):
             raise ValidationError(f"expected a Projection instance, got {projection!r}")
@@ -143,6 +147,7 @@ class ProjectionRunner:
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValidationError("lease_seconds and poll_interval must be > 0")
         self.projection = projection
+        self.tracer = tracer
         self.name = type(projection).name
         self.store = store
         self.read_store = read_store
@@ -161,6 +166,7 @@ class ProjectionRunner:
         self.batch_seconds = FastHistogram(BATCH_BUCKETS)
         self.batch_events = FastHistogram((1, 10, 100, 500, 1000, 2000, 5000, 10000))
         self.caught_up = False
+        self.head = 0  # the log's head when last read (for lag without a query)
         self.generation: int | None = None
         self._last_event_at: float | None = None
         self._dispatch = projection.dispatch()
@@ -274,10 +280,14 @@ class ProjectionRunner:
         return True
 
     async def lag(self) -> Lag:
-        """Positions and seconds behind the event store's head."""
-        head = await self.store.last_position()
-        behind = max(0, head - self.position)
-        if behind == 0 or self.caught_up or self._last_event_at is None:
+        """Positions and seconds behind the event store's head (read now)."""
+        self.head = max(self.head, await self.store.last_position())
+        return self.known_lag()
+
+    def known_lag(self) -> Lag:
+        """The lag against the head as last read (no query: for metrics scrapes)."""
+        behind = max(0, self.head - self.position)
+        if behind == 0 or self._last_event_at is None:
             return Lag(behind, 0.0)
         return Lag(behind, max(0.0, time.time() - self._last_event_at))
 
@@ -317,6 +327,8 @@ class ProjectionRunner:
                 # position up to that head has been seen (stores never show a position
                 # before all lower ones are visible), even if none of it was ours.
                 head = await store.last_position() if check_head else None
+                if head is not None:
+                    self.head = head
                 if prefetch is not None:
                     page = await prefetch
                     prefetch = None
@@ -467,6 +479,40 @@ class ProjectionRunner:
                 # The next batch carries the letter (committed with the events after it).
 
     async def _commit(
+        self,
+        claim: Claim,
+        names: dict[Table, str],
+        events: Sequence[StoredEvent],
+        target: int,
+        letters: list[DeadLetter],
+        on_caught_up: OnCaughtUp | None,
+    ) -> None:
+        tracer = self.tracer
+        if tracer is None or not events:
+            await self._commit_batch(claim, names, events, target, letters, on_caught_up)
+            return
+        from obelisk.observability.tracing import link_to
+
+        # Links to the commands that wrote the batch's events (bounded: a span with
+        # thousands of links costs more than the batch).
+        links = []
+        for stored in events:
+            if stored.trace_context is not None:
+                links.extend(link_to(stored))
+                if len(links) >= MAX_SPAN_LINKS:
+                    break
+        attributes = {
+            "obelisk.projection": self.name,
+            "obelisk.partition": self.partition,
+            "obelisk.events": len(events),
+            "obelisk.position": target,
+        }
+        with tracer.start_as_current_span(
+            "obelisk.projection.batch", links=links, attributes=attributes
+        ):
+            await self._commit_batch(claim, names, events, target, letters, on_caught_up)
+
+    async def _commit_batch(
         self,
         claim: Claim,
         names: dict[Table, str],
