@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from obelisk.projections.consistency import (
     POSITION_HEADER,
@@ -54,7 +54,8 @@ __all__ = [
 
 
 def read_store_from_url(url: str) -> ReadStore:
-    """A read store for ``sqlite:///path.db`` or ``postgresql://...[?schema=name]``."""
+    """A read store for ``sqlite:///path.db`` or ``postgresql://...`` (options:
+    ``schema=name``, ``synchronous_commit=on|off``; others go to the driver)."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         from obelisk.projections._sqlite_read import SQLiteReadStore
@@ -70,10 +71,13 @@ def read_store_from_url(url: str) -> ReadStore:
             raise ValueError(f"{url!r} needs asyncpg: pip install 'obelisk[postgres]'") from exc
         options = parse_qs(parts.query)
         schema = options.pop("schema", ["public"])[-1]
-        if options:
-            raise ValueError(f"unknown read store option(s) {sorted(options)} in {url!r}")
-        dsn = parts._replace(query="").geturl()
-        return PostgresReadStore(dsn, schema=schema)
+        synchronous = options.pop("synchronous_commit", ["off"])[-1]
+        if synchronous not in ("on", "off"):
+            raise ValueError(f"{url!r}: synchronous_commit must be on or off")
+        # What is left (sslmode, ...) belongs to the driver, as for the event store.
+        query = urlencode({k: v[-1] for k, v in options.items()})
+        dsn = parts._replace(query=query).geturl()
+        return PostgresReadStore(dsn, schema=schema, synchronous_commit=synchronous == "on")
     raise ValueError(
         f"unsupported read store URL {url!r}: use sqlite:///path.db or postgresql://..."
     )

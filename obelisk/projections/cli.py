@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import signal
 import sys
 import time
@@ -56,6 +57,8 @@ def load_projection(target: str) -> Projection:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{target!r} is not module:ClassName")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the current folder's modules
     module = importlib.import_module(module_name)
     try:
         cls = getattr(module, attr)

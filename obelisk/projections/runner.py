@@ -375,9 +375,6 @@ class ProjectionRunner:
                 if until_caught_up:
                     return
                 await self._sleep(min(self.poll_interval, renew_every))
-        except BaseException:
-            release = False
-            raise
         finally:
             if prefetch is not None:
                 prefetch.cancel()
@@ -388,7 +385,10 @@ class ProjectionRunner:
                 await channel.close()
             self._claim = None
             if release:
-                await self.read_store.release(claim)
+                # Also after a poison event or a lost connection: the next runner need not
+                # wait for the lease to expire (if the database is gone, it will have to).
+                with contextlib.suppress(Exception):
+                    await self.read_store.release(claim)
 
     async def _sleep(self, seconds: float) -> None:
         try:
