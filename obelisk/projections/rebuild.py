@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -110,13 +111,16 @@ async def rebuild(
     generation = await read_store.begin_rebuild(cls.name, cls.tables)
     head = await store.last_position()
     started = time.perf_counter()
+    # An owner of its own: the runners of one worker share the worker's id, and two of
+    # them rebuilding under one name would take the lease from each other.
+    rebuilder = f"{owner or 'rebuild'}:{uuid.uuid4().hex[:8]}"
     runner = ProjectionRunner(
         projection,
         store,
         read_store,
         page_size=page_size,
         lease_seconds=lease_seconds,
-        owner=owner,
+        owner=rebuilder,
     )
     runner.generation = generation
     if progress is not None:

@@ -259,7 +259,8 @@ class ProjectionRunner:
         if claim is None:
             raise ProjectionBusy(self.name, self.partition)
         self._stopping = False
-        await self.serve(claim, until_caught_up=True, on_caught_up=on_caught_up)
+        if not await self.serve(claim, until_caught_up=True, on_caught_up=on_caught_up):
+            raise ProjectionBusy(self.name, self.partition)
         return self.position
 
     async def wait_for(self, position: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
@@ -299,9 +300,10 @@ class ProjectionRunner:
         *,
         until_caught_up: bool = False,
         on_caught_up: OnCaughtUp | None = None,
-    ) -> None:
+    ) -> bool:
         """Apply the log for ``claim`` until stopped, fenced off, or (``until_caught_up``)
-        at the head. The lease is released on a graceful stop."""
+        at the head; False when fenced off (lease lost, paused, generation retired).
+        The lease is released unless fenced off."""
         self._claim = claim
         self.generation = claim.generation
         self.position = claim.position
@@ -362,7 +364,7 @@ class ProjectionRunner:
                 if mine or target > self.position or due or finish is not None:
                     if not await self._apply(claim, names, mine, target, finish, []):
                         release = False
-                        return  # fenced off: the caller decides what next
+                        return False  # fenced off: the caller decides what next
                     last_commit = time.monotonic()
                 if not short:
                     self.caught_up = False
@@ -373,8 +375,9 @@ class ProjectionRunner:
                     continue
                 self.caught_up = True
                 if until_caught_up:
-                    return
+                    return True
                 await self._sleep(min(self.poll_interval, renew_every))
+            return True
         finally:
             if prefetch is not None:
                 prefetch.cancel()

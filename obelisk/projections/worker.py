@@ -73,7 +73,7 @@ class ProjectionWorker:
         self.poll_interval = poll_interval
         self.max_partitions = max_partitions
         self.runners: dict[int, ProjectionRunner] = {}
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._tasks: dict[int, asyncio.Task[bool]] = {}
         self._stopping = False
         self._wake = asyncio.Event()
 
