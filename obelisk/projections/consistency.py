@@ -49,7 +49,7 @@ def position_from_headers(headers: Mapping[str, str]) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or int(text) > _MAX_POSITION:
+    if not (text.isascii() and text.isdigit()) or int(text) > _MAX_POSITION:
         raise ValidationError(f"{POSITION_HEADER} must be a non-negative integer, got {value!r}")
     return int(text)
 

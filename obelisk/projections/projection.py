@@ -49,6 +49,9 @@ def handles(*event_types: type[Event]) -> Callable[[F], F]:
     for event_type in event_types:
         if not (isinstance(event_type, type) and issubclass(event_type, Event)):
             raise TypeError(f"@handles takes Event classes, got {event_type!r}")
+        if event_type is Event:
+            # Dispatch is by exact class: the base class would match no stored event.
+            raise TypeError("@handles takes your event classes, not the Event base class")
 
     def mark(fn: F) -> F:
         setattr(fn, _HANDLES, (*getattr(fn, _HANDLES, ()), *event_types))
@@ -157,7 +160,6 @@ class Projection:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         handlers: dict[type[Event], str] = {}
-        asynchronous: set[str] = set()
         tables: dict[str, Table] = {}
         for klass in reversed(cls.__mro__):  # subclasses override their bases
             for attr, value in vars(klass).items():
@@ -165,15 +167,18 @@ class Projection:
                     tables[value.name] = value
                 for event_type in getattr(value, _HANDLES, ()):
                     handlers[event_type] = attr
-                    if inspect.iscoroutinefunction(value):
-                        asynchronous.add(attr)
+        # Whether a handler is async is the method the attribute resolves to now: an
+        # override (decorated or not) may differ from the method that was decorated.
+        asynchronous = {
+            a for a in handlers.values() if inspect.iscoroutinefunction(getattr(cls, a))
+        }
         cls._handler_names = handlers
         cls._async_handlers = frozenset(asynchronous)
         if "tables" not in cls.__dict__:
             cls.tables = tuple(tables.values())
         if "name" in cls.__dict__ and (not isinstance(cls.name, str) or not cls.name):
             raise TypeError(f"{cls.__qualname__}.name must be a non-empty str")
-        if not isinstance(cls.version, int) or cls.version < 1:
+        if not isinstance(cls.version, int) or isinstance(cls.version, bool) or cls.version < 1:
             raise TypeError(f"{cls.__qualname__}.version must be an int >= 1")
 
     @classmethod

@@ -187,15 +187,15 @@ class ChangeSet:
         change = self._changes.get(key)
         if change is None:
             self._check_columns(row)
-            self._changes[key] = _Change(UPSERT, row, {})
+            self._changes[key] = _Change(UPSERT, dict(row), {})
         elif change.kind == DELETE:
             self._check_columns(row)
-            self._changes[key] = _Change(REPLACE, row, {})
+            self._changes[key] = _Change(REPLACE, dict(row), {})
         elif change.kind == ADD:
             # The earlier increments are overwritten where this sets the column.
             self._check_columns(row)
             deltas = {c: d for c, d in change.deltas.items() if c not in row}
-            self._changes[key] = _Change(UPSERT, row, deltas)
+            self._changes[key] = _Change(UPSERT, dict(row), deltas)
         else:
             self._check_columns(row)
             change.row.update(row)
@@ -204,11 +204,23 @@ class ChangeSet:
                     change.deltas.pop(column, None)
 
     def add(self, key: Any, deltas: Mapping[str, Any]) -> None:
-        change = self._changes.get(key)
+        try:
+            change = self._changes.get(key)
+        except TypeError:  # an unhashable key (a list): say what a key must be
+            self._key_row(key)
+            raise
+        for column in deltas:
+            if column in self.table.key:
+                raise ValidationError(
+                    f"{self.table.name} key column {column!r} cannot be incremented"
+                )
         if change is None:
             self._check_columns(deltas)
-            self._key_row(key)  # a malformed key fails here, not at the flush
-            self._changes[key] = _Change(ADD, {}, dict(deltas))
+            row = self._key_row(key)  # a malformed key fails here, not at the flush
+            if not deltas:  # nothing to add: still create the row when missing
+                self._changes[key] = _Change(UPSERT, row, {})
+            else:
+                self._changes[key] = _Change(ADD, {}, dict(deltas))
             return
         if change.kind == DELETE:
             self._check_columns(deltas)
