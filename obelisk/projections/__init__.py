@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from obelisk.projections.consistency import (
     POSITION_HEADER,
@@ -60,10 +60,20 @@ def read_store_from_url(url: str) -> ReadStore:
     if parts.scheme == "sqlite":
         from obelisk.projections._sqlite_read import SQLiteReadStore
 
-        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc:
+            raise ValueError(f"{url!r} has a host; use sqlite:///path/to/read.db")
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if not path:
             raise ValueError(f"{url!r} names no file: use sqlite:///path/to/read.db")
-        return SQLiteReadStore(path)
+        sqlite_options = parse_qs(parts.query)
+        busy = sqlite_options.pop("busy_timeout", ["10"])[-1]
+        if sqlite_options:
+            raise ValueError(f"{url!r}: unknown option(s) {', '.join(sorted(sqlite_options))}")
+        try:
+            busy_timeout = float(busy)
+        except ValueError:
+            raise ValueError(f"{url!r}: busy_timeout must be seconds, got {busy!r}") from None
+        return SQLiteReadStore(path, busy_timeout=busy_timeout)
     if parts.scheme in ("postgresql", "postgres"):
         try:
             from obelisk.projections._pg_read import PostgresReadStore

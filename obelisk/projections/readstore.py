@@ -313,6 +313,10 @@ class ReadStore(abc.ABC):
                 physical = self.physical(table, generation)
                 for number in range(len(table.indexes)):
                     await tx.execute(self.dialect.create_index(table, physical, number, generation))
+                if self.dialect.numbered:
+                    # Fresh statistics: until autovacuum gets to the bulk-loaded table the
+                    # planner would guess, and listings would sort instead of using the index.
+                    await tx.execute(f"ANALYZE {physical}")
 
     async def _create_checkpoints(
         self, tx: ReadTransaction, name: str, generation: int, partitions: int, position: int

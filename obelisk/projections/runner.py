@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from obelisk.errors import (
     ObeliskError,
-    StoreClosed,
     StoreError,
     StoreUnavailable,
     ValidationError,
@@ -220,11 +219,18 @@ class ProjectionRunner:
                 if claim is None:  # someone else holds it: stand by
                     await self._sleep(min(self.poll_interval, self.lease_seconds / 3))
                     continue
-                backoff = 0.05
-                await self.serve(claim)
-            except StoreClosed:
-                raise
-            except StoreError as exc:
+                batches = self.batches
+                try:
+                    await self.serve(claim)
+                finally:
+                    if self.batches > batches:
+                        backoff = 0.05  # it made progress: the next fault starts afresh
+            except StoreUnavailable as exc:
+                # Only faults that pass (a lost connection, a locked file) are retried: a
+                # corrupt row or a broken statement would fail the same way forever.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # a cancellation that arrived while the error was raised
                 self.errors += 1
                 _log.warning("projection %s: %s; retrying in %.2fs", self.name, exc, backoff)
                 await self._sleep(backoff)
@@ -379,14 +385,14 @@ class ProjectionRunner:
                 await self._sleep(min(self.poll_interval, renew_every))
             return True
         finally:
-            if prefetch is not None:
-                prefetch.cancel()
-                with contextlib.suppress(BaseException):
-                    await prefetch
             store._remove_waker(self._wake)
+            self._claim = None
+            if prefetch is not None:
+                # Not awaited: an await here could lose a cancellation of this task.
+                prefetch.cancel()
+                prefetch.add_done_callback(_retrieve)
             if channel is not None:
                 await channel.close()
-            self._claim = None
             if release:
                 # Also after a poison event or a lost connection: the next runner need not
                 # wait for the lease to expire (if the database is gone, it will have to).
@@ -395,7 +401,8 @@ class ProjectionRunner:
 
     async def _sleep(self, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         except TimeoutError:
             pass
 
@@ -576,6 +583,12 @@ class ProjectionRunner:
         self._advanced.set()
         if self.on_batch is not None:
             self.on_batch(self)
+
+
+def _retrieve(future: asyncio.Future[list[StoredEvent]]) -> None:
+    """Collect an abandoned read's outcome (so asyncio does not log it as never retrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _transient(exc: StoreError) -> bool:

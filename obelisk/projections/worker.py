@@ -19,7 +19,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
-from obelisk.errors import StoreClosed, StoreError, ValidationError
+from obelisk.errors import StoreError, StoreUnavailable, ValidationError
 from obelisk.projections.rebuild import ensure_current
 from obelisk.projections.runner import OnError, ProjectionRunner, fair_share
 
@@ -97,12 +97,11 @@ class ProjectionWorker:
             while not self._stopping:
                 try:
                     await self._balance()
-                except StoreClosed:
-                    raise
-                except StoreError as exc:
+                except StoreUnavailable as exc:  # passes; anything else stops the worker
                     _log.warning("projection worker %s: %s", self.worker_id, exc)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.lease_seconds / 3)
+                    async with asyncio.timeout(self.lease_seconds / 3):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:
@@ -119,7 +118,8 @@ class ProjectionWorker:
                 del self._tasks[partition]
                 self.runners.pop(partition, None)
                 error = task.exception() if not task.cancelled() else None
-                if error is not None and not isinstance(error, StoreError):
+                if error is not None and not isinstance(error, StoreUnavailable):
+                    # A poison event, a corrupt row: the same partition would fail again.
                     self._stopping = True
                     raise error
         state = await ensure_current(

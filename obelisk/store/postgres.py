@@ -487,7 +487,6 @@ class PostgresEventStore(EventStore):
         # Versions count from 1 with no holes, so a stream's version is its event count.
         return [StreamInfo(sid, stype, version, version) for sid, stype, version in rows]
 
-
     # -- snapshots -----------------------------------------------------------------------
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
@@ -595,7 +594,10 @@ class _Listener:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:
-                await asyncio.wait_for(conn.close(), 5)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the close completes.
+                async with asyncio.timeout(5):
+                    await conn.close()
             except Exception:
                 conn.terminate()
 
