@@ -61,6 +61,16 @@ class RawBaseline(abc.ABC):
         ``result`` is ``(balance, version)`` of the last load.
         """
 
+    async def project_balances(self, location: str, page: int, passes: int = 1) -> Sample:
+        """Keep a balances table by hand, ``passes`` times over, each time from position 0
+        into a fresh table of a read database beside ``location`` (removed afterwards).
+
+        Per page of ``page`` events of the two account types: decode, fold into one change
+        per account, then in one transaction a batched upsert and a checkpoint update.
+        ``work`` is the events applied; ``result`` the last pass's ``{stream_id: balance}``.
+        """
+        raise BenchError(f"{type(self).__name__} has no projection baseline")
+
     async def copy_events(
         self, location: str, appends: Sequence[tuple[str, Sequence[Event]]]
     ) -> Sample:

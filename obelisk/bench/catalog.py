@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from obelisk.bench.lag_workload import ProjectionLag
 from obelisk.bench.loading_workloads import (
     CachedUpdate,
     CacheHit,
@@ -13,6 +14,8 @@ from obelisk.bench.loading_workloads import (
     SnapshottingUpdate,
 )
 from obelisk.bench.observed_workload import ObservedConcurrent
+from obelisk.bench.projection_workloads import PartitionedProjection, ProjectionCatchUp
+from obelisk.bench.rebuild_workload import ProjectionRebuild
 from obelisk.bench.workload import Workload
 from obelisk.bench.workloads import CORE_WORKLOADS
 
@@ -27,6 +30,10 @@ _ORDER: Final[tuple[type[Workload], ...]] = (
     SnapshottingUpdate,
     FastForwardUpdate,
     ObservedConcurrent,
+    ProjectionCatchUp,
+    PartitionedProjection,
+    ProjectionRebuild,
+    ProjectionLag,
 )
 WORKLOADS: Final[dict[str, type[Workload]]] = {cls.id: cls for cls in _ORDER}
 """Every workload by id, in report order."""

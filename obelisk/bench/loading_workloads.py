@@ -248,4 +248,3 @@ class FastForwardUpdate(Update):
 
     def application_options(self) -> dict[str, Any]:
         return {**super().application_options(), "cache_mode": "fast-forward"}
-

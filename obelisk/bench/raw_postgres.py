@@ -19,6 +19,7 @@ import msgspec
 
 from obelisk.bench.baseline import RawBaseline
 from obelisk.bench.measure import Sample, stopwatch
+from obelisk.bench.raw_postgres_projection import project_balances
 from obelisk.bench.workload import AccountState
 from obelisk.demo.bank import AccountOpened, MoneyDeposited
 from obelisk.domain.events import Event
@@ -194,6 +195,11 @@ class RawPostgresBaseline(RawBaseline):
         finally:
             await conn.close()
         return Sample(watch.seconds, read, balances)
+
+    async def project_balances(self, location: str, page: int, passes: int = 1) -> Sample:
+        return await project_balances(
+            self._connect, self.dsn, self._decoders, location, page, passes
+        )
 
     async def copy_events(
         self, location: str, appends: Sequence[tuple[str, Sequence[Event]]]

@@ -16,6 +16,7 @@ import msgspec
 
 from obelisk.bench.baseline import RawBaseline
 from obelisk.bench.measure import Sample, stopwatch
+from obelisk.bench.raw_sqlite_projection import project_balances
 from obelisk.bench.workload import AccountState
 from obelisk.demo.bank import AccountOpened, MoneyDeposited
 from obelisk.store.records import new_event_id
@@ -61,8 +62,15 @@ class RawSQLiteBaseline(RawBaseline):
             execute, encode = conn.execute, self._encode
             with stopwatch() as watch:
                 for stream_id, owner in opens:
-                    row = (stream_id, 1, new_event_id(), _OPENED, 1,
-                           encode(AccountOpened(owner=owner)), time.time())
+                    row = (
+                        stream_id,
+                        1,
+                        new_event_id(),
+                        _OPENED,
+                        1,
+                        encode(AccountOpened(owner=owner)),
+                        time.time(),
+                    )
                     execute("BEGIN")
                     execute(_INSERT, row)
                     execute("COMMIT")
@@ -85,8 +93,15 @@ class RawSQLiteBaseline(RawBaseline):
                         "WHERE stream_id = ? ORDER BY version",
                         (stream_id,),
                     ).fetchall()
-                    row = (stream_id, len(rows) + 1, new_event_id(), _DEPOSITED, 1,
-                           encode(MoneyDeposited(amount=amount)), time.time())
+                    row = (
+                        stream_id,
+                        len(rows) + 1,
+                        new_event_id(),
+                        _DEPOSITED,
+                        1,
+                        encode(MoneyDeposited(amount=amount)),
+                        time.time(),
+                    )
                     execute("BEGIN")
                     execute(_INSERT, row)
                     execute("COMMIT")
@@ -171,3 +186,6 @@ class RawSQLiteBaseline(RawBaseline):
         finally:
             conn.close()
         return Sample(watch.seconds, read, balances)
+
+    async def project_balances(self, location: str, page: int, passes: int = 1) -> Sample:
+        return await project_balances(self._connect, self._decoders, location, page, passes)

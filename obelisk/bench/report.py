@@ -95,9 +95,7 @@ def print_table(
     """
     out = console or _table_console()
     repeats = "/".join(str(r) for r in sorted({result.repeat for result in results}))
-    table = Table(
-        title="obelisk bench", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
-    )
+    table = Table(title="obelisk bench", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("workload", style="bold", no_wrap=True)
     table.add_column("unit", no_wrap=True)
     table.add_column("obelisk", justify="right", no_wrap=True)

@@ -193,6 +193,9 @@ async def run_bench(
             continue
         ours: list[Sample] = []
         raws: list[Sample] = []
+        # A reference workload computes the raw side's figure its own way (lag's p99 of
+        # commands, against its own p99 of lags).
+        raw_side = workload.reference() or workload
         for rep in range(1, repeat + 1):
             sides = [("obelisk", _run_obelisk, ours), ("raw", _run_raw, raws)]
             if rep % 2 == 0:
@@ -204,13 +207,10 @@ async def run_bench(
                 finally:
                     await backend.discard(location)
                 samples.append(sample)
-                say(
-                    f"{workload.id} run {rep}/{repeat} {side:>7}: "
-                    f"{workload.value(sample):,.2f} {workload.unit}"
-                )
+                figure = (workload if side == "obelisk" else raw_side).value(sample)
+                say(f"{workload.id} run {rep}/{repeat} {side:>7}: {figure:,.2f} {workload.unit}")
         extra: dict[str, float] = {}
         target = workload.target(backend.name)
-        raw_side = workload.reference() or workload
         for key in sorted({key for sample in ours for key in sample.extra}):
             extra[key] = statistics.median(s.extra[key] for s in ours if key in s.extra)
         results.append(

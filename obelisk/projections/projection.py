@@ -164,7 +164,7 @@ class Projection:
         for klass in reversed(cls.__mro__):  # subclasses override their bases
             for attr, value in vars(klass).items():
                 if isinstance(value, Table):
-                    tables[value.name] = value
+                    tables[attr] = value  # by attribute: a subclass's override replaces
                 for event_type in getattr(value, _HANDLES, ()):
                     handlers[event_type] = attr
         # Whether a handler is async is the method the attribute resolves to now: an

@@ -47,6 +47,7 @@ _log = logging.getLogger("obelisk.projections")
 
 OnError = Literal["stop", "dead-letter"]
 MAX_SPAN_LINKS: Final = 32
+_FIRST_RETRY: Final = 0.005  # after a wake-up that found nothing readable yet
 BATCH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -317,10 +318,13 @@ class ProjectionRunner:
         store = self.store
         names = {t: self.read_store.physical(t, claim.generation) for t in self.projection.tables}
         store._add_waker(self._wake)
-        channel = store._wake_channel(self._wake.set)
+        # A catch-up pass never waits for commits: no LISTEN connection for it.
+        channel = None if until_caught_up else store._wake_channel(self._wake.set)
         renew_every = self.lease_seconds / 3
         last_commit = time.monotonic()
         check_head = False
+        woken = False
+        retry = 0.0  # the next short look after a fruitless wake-up (0: none pending)
         release = True
         prefetch: asyncio.Future[list[StoredEvent]] | None = None
         try:
@@ -382,7 +386,19 @@ class ProjectionRunner:
                 self.caught_up = True
                 if until_caught_up:
                     return True
-                await self._sleep(min(self.poll_interval, renew_every))
+                if page:
+                    retry = 0.0
+                elif woken:
+                    retry = _FIRST_RETRY
+                if retry and not page and retry < self.poll_interval:
+                    # Woken for a commit we could not read yet: on PostgreSQL a commit is
+                    # readable only once older transactions on the server have ended, and
+                    # no second wake-up comes when they do. Look again soon, backing off.
+                    woken = await self._sleep(min(retry, renew_every))
+                    retry *= 2
+                else:
+                    retry = 0.0
+                    woken = await self._sleep(min(self.poll_interval, renew_every))
             return True
         finally:
             store._remove_waker(self._wake)
@@ -399,12 +415,14 @@ class ProjectionRunner:
                 with contextlib.suppress(Exception):
                     await self.read_store.release(claim)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait for a wake-up or ``seconds``; True when woken."""
         try:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
         except TimeoutError:
-            pass
+            return False
+        return True
 
     # -- batches -----------------------------------------------------------------------
 

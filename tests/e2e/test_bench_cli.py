@@ -22,7 +22,9 @@ from obelisk.demo.bank import OpenAccount
 CORE_IDS = ["W1", "W2", "W3", "W4", "W6"]
 LOADING_IDS = ["W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2-snapshots",
                "W2-fast-forward"]  # fmt: skip
-WORKLOAD_IDS = [*CORE_IDS, *LOADING_IDS, "W6-observed"]
+# W4b-partitioned runs on PostgreSQL only (see test_bench_postgres.py).
+PROJECTION_IDS = ["W4b", "rebuild", "lag"]
+WORKLOAD_IDS = [*CORE_IDS, *LOADING_IDS, "W6-observed", *PROJECTION_IDS]
 REQUIRED_FIELDS = {
     "workload",
     "backend",
@@ -83,6 +85,17 @@ def test_a_quick_json_run_reports_every_workload_beside_its_raw_baseline() -> No
     assert by_id["W6-observed"]["unit"] == "commands/s"
     # W6 runs 64 clients at once, so the writer commits several commands per batch.
     assert by_id["W6"]["extra"]["mean_batch_size"] >= 1
+    # Projections: W4b aims at a ratio and a rate, lag at an absolute p99.
+    assert by_id["W4b"]["target_ratio"] == 0.5 and by_id["W4b"]["target_value"] == 150_000
+    assert by_id["W4b"]["unit"] == by_id["rebuild"]["unit"] == "events/s"
+    assert by_id["lag"]["unit"] == "ms" and by_id["lag"]["higher_is_better"] is False
+    assert by_id["lag"]["target_ratio"] is None and by_id["lag"]["target_value"] == 100
+    assert by_id["lag"]["extra"]["lag_p99_ms"] == by_id["lag"]["median"]
+    # The rebuild's memory at a tenth of its log and at all of it, each in a fresh process.
+    memory = by_id["rebuild"]["extra"]
+    assert memory["large_events"] == by_id["rebuild"]["n"] == 10 * memory["small_events"]
+    assert memory["peak_rss_mb_small"] > 0 and memory["peak_rss_mb_large"] > 0
+    assert memory["peak_rss_ratio"] > 0
 
 
 def test_the_workload_option_runs_only_the_workloads_named() -> None:

@@ -24,7 +24,7 @@ from obelisk.cli import app
 WORKLOAD_IDS = [
     "W1", "W2", "W3", "W4", "W6", "bulk",
     "W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2-snapshots",
-    "W2-fast-forward", "W6-observed",
+    "W2-fast-forward", "W6-observed", "W4b", "W4b-partitioned", "rebuild", "lag",
 ]  # fmt: skip
 STABLE_FIELDS = {
     "workload",
@@ -97,7 +97,14 @@ def test_a_quick_json_run_on_postgresql_reports_every_workload_beside_raw_asyncp
     assert by_id["W6"]["extra"]["mean_batch_size"] >= 1
     # Loading through a snapshot: at most 0.5 ms at its head, 1 ms 100 events behind.
     assert [by_id[i]["target_value"] for i in ("W3-snapshot", "W3-snapshot-behind")] == [0.5, 1.0]
-    # Every run's schema was dropped after it.
+    # Projections: W4b's rate target is PostgreSQL's own; the partitioned run is judged
+    # against one worker of the same run; lag by its p99 alone.
+    assert by_id["W4b"]["target_ratio"] == 0.5 and by_id["W4b"]["target_value"] == 100_000
+    assert by_id["W4b-partitioned"]["target_ratio"] == 2.5
+    assert by_id["W4b-partitioned"]["extra"]["workers"] == 4
+    assert by_id["lag"]["target_value"] == 100 and by_id["lag"]["unit"] == "ms"
+    assert by_id["rebuild"]["extra"]["large_events"] == by_id["rebuild"]["n"]
+    # Every run's schema was dropped after it (read stores and extra logs included).
     assert asyncio.run(bench_schemas(postgres_dsn)) == before
 
 

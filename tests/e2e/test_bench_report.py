@@ -15,11 +15,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_report_has_every_backend_its_tables_and_its_charts(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        ["bench", "--quick", "--all", "-w", "W1,W3-snapshot", "--report", str(tmp_path), "--json"],
-        env=TINY,
-    )
+    workloads = "W1,W3-snapshot,W4b"
+    arguments = ["bench", "--quick", "--all", "-w", workloads, "--report", str(tmp_path), "--json"]
+    result = CliRunner().invoke(app, arguments, env=TINY)
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     backends = {r["backend"] for r in results}
@@ -27,7 +25,7 @@ def test_the_report_has_every_backend_its_tables_and_its_charts(tmp_path: Path) 
     text = (tmp_path / "report.md").read_text()
     for backend in backends:
         assert f"## {backend}" in text
-        for chart in ("ratios", "concurrency", "loads"):
+        for chart in ("ratios", "concurrency", "loads", "projections"):
             png = tmp_path / f"{backend}-{chart}.png"
             assert png.read_bytes().startswith(PNG), png
             assert png.stat().st_size > 10_000, png  # axes, labels and data, not a blank

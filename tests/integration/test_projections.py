@@ -38,7 +38,7 @@ from obelisk.projections import (
 from obelisk.projections._pg_read import PostgresReadStore
 from obelisk.projections._sqlite_read import SQLiteReadStore
 from obelisk.projections.readstore import Claim
-from obelisk.store import NO_STREAM, StoredEvent
+from obelisk.store import NO_STREAM, AppendRequest, StoredEvent
 from obelisk.store.base import EventStore
 
 from ._projection_helpers import (
@@ -833,3 +833,39 @@ def test_a_good_read_store_url_names_its_database() -> None:
     pg = read_store_from_url("postgres://u@h/db?sslmode=disable&synchronous_commit=on&schema=r")
     assert isinstance(pg, PostgresReadStore) and (pg.schema, pg.synchronous_commit) == ("r", True)
     assert pg.dsn == "postgres://u@h/db?sslmode=disable"
+
+
+# -- a wake-up before the commit is readable ------------------------------------------------
+
+
+async def test_a_commit_held_back_by_an_older_transaction_is_applied_without_waiting_a_poll(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    """On PostgreSQL a commit is readable only once older transactions on the server have
+    ended, and its NOTIFY arrives before that. The runner must look again soon after a
+    fruitless wake-up, not sleep a whole poll interval (here 30 s, far beyond the wait;
+    the lease, renewed every third of it, is long enough not to cut the sleep short)."""
+    import asyncpg
+
+    backend = Backend("postgresql", Path("."), postgres_dsn, pg_schema)
+    async with backend.event_store() as store, backend.read_store() as read_store:
+        await write_ledgers(store, 1, 1)
+        runner = ProjectionRunner(
+            Ledger(), store, read_store, poll_interval=30.0, lease_seconds=90.0
+        )
+        async with running(runner) as task:
+            await reach(runner, task, await store.last_position())
+            older = await asyncpg.connect(postgres_dsn)
+            try:
+                holding = older.transaction()
+                await holding.start()
+                await older.fetchval("SELECT pg_current_xact_id()")  # an xid: holds xmin
+                (result,) = await store.append_many(
+                    [AppendRequest("held", [LedgerOpened(owner="x")], NO_STREAM)]
+                )
+                await asyncio.sleep(0.1)  # the runner is woken now and reads nothing yet
+                assert runner.position < result.last_position
+                await holding.commit()
+            finally:
+                await older.close()
+            assert await runner.wait_for(result.last_position, timeout=WAIT / 2)
