@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "AggregateNotFound",
+    "BrokerError",
+    "BrokerUnavailable",
     "CommandRejected",
     "ConcurrencyError",
     "CorruptEvent",
@@ -114,6 +116,18 @@ class UnknownEventType(_StoredEventError):
 
 class CorruptEvent(_StoredEventError):
     """A stored event's payload cannot be decoded into its type. The row is left as it is."""
+
+
+class BrokerError(ObeliskError):
+    """A message broker refused an operation; the message names the cause."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached now (connection refused or lost, server restarting).
+
+    A publish that gets this error may or may not have reached the broker: publishers that
+    must not lose or repeat messages publish with sequences (the outbox relay does).
+    """
 
 
 def _describe(expected: int) -> str:

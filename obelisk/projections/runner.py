@@ -24,7 +24,7 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from obelisk.errors import (
     ObeliskError,
@@ -119,6 +119,10 @@ class ProjectionRunner:
             one span per batch, linked to the traced commands that wrote its events.
     """
 
+    # Faults that pass (a lost connection, a locked file): retried with backoff. Anything
+    # else (a corrupt row, a broken statement) would fail the same way again: it stops.
+    transient: ClassVar[tuple[type[BaseException], ...]] = (StoreUnavailable,)
+
     def __init__(
         self,
         projection: Projection,
@@ -170,7 +174,7 @@ class ProjectionRunner:
         self.generation: int | None = None
         self._last_event_at: float | None = None
         self._dispatch = projection.dispatch()
-        self._types = type(projection).event_types()
+        self._types: list[str] | None = type(projection).event_types()
         cls = type(projection)
         self._hooks = (
             cls.before_batch is not Projection.before_batch
@@ -226,7 +230,7 @@ class ProjectionRunner:
                 finally:
                     if self.batches > batches:
                         backoff = 0.05  # it made progress: the next fault starts afresh
-            except StoreUnavailable as exc:
+            except self.transient as exc:
                 # Only faults that pass (a lost connection, a locked file) are retried: a
                 # corrupt row or a broken statement would fail the same way forever.
                 task = asyncio.current_task()
@@ -569,7 +573,7 @@ class ProjectionRunner:
                     if entry[1]:
                         await result  # type: ignore[misc]
                 except StoreError as exc:
-                    if _transient(exc):
+                    if isinstance(exc, self.transient):
                         raise
                     raise _HandlerFailed(index, exc) from exc
                 except Exception as exc:
@@ -580,7 +584,7 @@ class ProjectionRunner:
             try:
                 await tx.flush([(changes[t], names[t]) for t in tables])
             except StoreError as exc:
-                if _transient(exc):
+                if isinstance(exc, self.transient):
                     raise
                 raise _HandlerFailed(None, exc) from exc
             for letter in letters:
@@ -591,13 +595,20 @@ class ProjectionRunner:
             if on_caught_up is not None:
                 await on_caught_up(tx, target)
         letters.clear()
+        self._after_commit(events, target, applied, started)
+
+    def _after_commit(
+        self, events: Sequence[StoredEvent], target: int, applied: int, started: float
+    ) -> None:
+        """Book a committed batch: checkpoint, counters, waiters, the on_batch hook."""
         self.position = target
         if events:
             self._last_event_at = events[-1].recorded_at
             self.events_applied += applied
             self.batches += 1
             self.batch_events.observe(len(events))
-            self.batch_seconds.observe(time.perf_counter() - started)
+            if started:
+                self.batch_seconds.observe(time.perf_counter() - started)
         self._advanced.set()
         if self.on_batch is not None:
             self.on_batch(self)
@@ -607,10 +618,6 @@ def _retrieve(future: asyncio.Future[list[StoredEvent]]) -> None:
     """Collect an abandoned read's outcome (so asyncio does not log it as never retrieved)."""
     if not future.cancelled():
         future.exception()
-
-
-def _transient(exc: StoreError) -> bool:
-    return isinstance(exc, StoreUnavailable)
 
 
 class ProjectionBusy(ObeliskError):

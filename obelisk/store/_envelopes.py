@@ -14,7 +14,7 @@ __all__ = ["decode_envelopes", "decode_payloads", "decode_rest"]
 
 def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[StoredEvent]:
     """StoredEvents from rows of (position, stream_id, version, event_id bytes, type key,
-    data, recorded_at, correlation_id, causation_id, trace_context).
+    data, recorded_at, correlation_id, causation_id, trace_context, stream_type).
 
     The common row (a known type at its current schema) goes straight to its struct; any
     other row goes through ``codec.decode``, which upcasts, or raises UnknownEventType /
@@ -23,7 +23,7 @@ def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[S
     fast = codec.fast_decoders
     out: list[StoredEvent] = []
     append = out.append
-    for pos, sid, ver, eid, key, data, at, corr, caus, trace in rows:
+    for pos, sid, ver, eid, key, data, at, corr, caus, trace, stype in rows:
         decoder = fast.get(key) or codec.fast_decoder(key)
         event = None
         if decoder is not None:
@@ -34,7 +34,7 @@ def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[S
         if event is None:
             type_name, schema_version = split_type_key(key)
             event = codec.decode(type_name, schema_version, data, sid, ver, pos)
-        append(StoredEvent(pos, sid, ver, event, eid, at, corr, caus, trace))
+        append(StoredEvent(pos, sid, ver, event, eid, at, corr, caus, trace, stype))
     return out
 
 

@@ -157,6 +157,7 @@ class MemoryEventStore(EventStore):
             row.correlation_id,
             row.causation_id,
             row.trace_context,
+            self._streams[row.stream_id].stream_type,
         )
 
     def _slice(

@@ -351,7 +351,7 @@ class PostgresEventStore(EventStore):
         n = self.names
         envelope = (
             f"SELECT position, stream_id, version, event_id, {_TYPE_KEY}, data, recorded_at, "
-            f"correlation_id, causation_id, trace_context FROM {n.events} "
+            f"correlation_id, causation_id, trace_context, stream_type FROM {n.events} "
         )
         # Everything below the oldest transaction still running is final: nothing can
         # commit there any more (see _pg_schema for why this makes reads gap-free).

@@ -119,6 +119,7 @@ class StoredEvent(msgspec.Struct, frozen=True):
     correlation_id: str | None = None
     causation_id: str | None = None
     trace_context: str | None = None
+    stream_type: str | None = None  # the aggregate type, when the append named it
 
     @property
     def event_id(self) -> UUID:

@@ -52,7 +52,7 @@ _TYPE_KEY = (
 _FROM_SNAPSHOT: Final = FROM_SNAPSHOT.format(type_key=_TYPE_KEY)
 _ENVELOPE = (
     f"SELECT position, stream_id, version, event_id, {_TYPE_KEY}, data, "
-    "recorded_at, correlation_id, causation_id, trace_context FROM obelisk_events "
+    "recorded_at, correlation_id, causation_id, trace_context, stream_type FROM obelisk_events "
 )
 
 

@@ -48,6 +48,19 @@ class ReadContract(ContractBase):
             ]
 
     @asyncio_test
+    async def test_envelopes_carry_the_aggregate_type_the_append_named(self) -> None:
+        async with self.open_store() as store:
+            await store.append(
+                "typed-1", [ContractOpened(owner="ada")], NO_STREAM, stream_type="Account"
+            )
+            await store.append("untyped-1", [ContractOpened(owner="bob")], NO_STREAM)
+            by_stream = {e.stream_id: e for e in await self.everything(store)}
+            assert by_stream["typed-1"].stream_type == "Account"
+            assert by_stream["untyped-1"].stream_type is None
+            (stored,) = await store.read_stream("typed-1")
+            assert stored.stream_type == "Account"
+
+    @asyncio_test
     async def test_a_negative_read_limit_is_a_validation_error(self) -> None:
         async with self.open_store() as store:
             await store.append("acct-1", deposits(1, 2), NO_STREAM)
