@@ -20,6 +20,7 @@ __all__ = [
     "CAUSATION_ID",
     "CORRELATION_ID",
     "EVENT_TYPE",
+    "MALFORMED",
     "POSITION",
     "SCHEMA_VERSION",
     "STREAM_ID",
@@ -39,6 +40,7 @@ STREAM_VERSION: Final = "obelisk-version"
 CORRELATION_ID: Final = "obelisk-correlation-id"
 CAUSATION_ID: Final = "obelisk-causation-id"
 TRACEPARENT: Final = "traceparent"
+MALFORMED: Final = "obelisk-malformed"  # set by adapters on entries that do not decode
 
 _TOPIC: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 

@@ -22,11 +22,10 @@ import msgspec
 
 from obelisk.errors import BrokerError, BrokerUnavailable
 from obelisk.messaging.broker import Broker, Published, TopicMessage
-from obelisk.messaging.message import Delivery, Message, validate_topic
+from obelisk.messaging.message import MALFORMED, Delivery, Message, validate_topic
 
 __all__ = ["MALFORMED", "RedisBroker"]
 
-MALFORMED: Final = "obelisk-malformed"
 _MAX_EXACT: Final = 2**53  # Lua numbers are doubles: sequences above this would round
 
 _PUBLISH_SEQUENCED: Final = """

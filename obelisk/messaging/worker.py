@@ -1,0 +1,384 @@
+"""Message workers: consume a topic in a group, handle each message once in effect.
+
+* **Acknowledgement**: a message is acknowledged only after its handler succeeded (or it
+  was dead-lettered). A worker that dies leaves its messages unacknowledged; the broker
+  delivers them again after the group's ``ack_timeout``.
+* **Per-key ordering**: messages with one key (a stream id) are handled one at a time, in
+  order; different keys in parallel, at most ``concurrency`` handlers at once. Fetching
+  pauses while ``4 x concurrency`` messages are waiting (backpressure).
+* **Retries**: a failing handler is retried in place — its key's later messages wait —
+  with exponential backoff and jitter, up to ``max_attempts``; then the message goes to
+  the dead-letter topic (``dlq.<group>``) with the error, and is acknowledged.
+* **Malformed messages** (not written by obelisk, or an event that does not decode) go to
+  the dead-letter topic at once with the reason: retrying cannot fix them.
+* **Idempotence**: with an :class:`~obelisk.messaging.inbox.Inbox`, the handler runs in a
+  transaction that records the message id; a redelivered message is acknowledged without
+  running the handler again.
+* **Graceful stop**: :meth:`MessageWorker.stop` stops fetching; handlers in progress finish
+  and are acknowledged before :meth:`run` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from obelisk.errors import BrokerUnavailable, StoreError, ValidationError
+from obelisk.messaging import message as headers
+from obelisk.messaging.broker import Broker
+from obelisk.messaging.message import MALFORMED, Delivery, Message, validate_topic
+from obelisk.observability.histogram import LATENCY_BUCKETS, FastHistogram
+
+if TYPE_CHECKING:
+    from obelisk.domain.events import Event
+    from obelisk.messaging.inbox import Inbox
+    from obelisk.projections.readstore import ReadTransaction
+    from obelisk.store.codec import EventCodec
+
+__all__ = ["Backoff", "MessageContext", "MessageWorker"]
+
+_log = logging.getLogger("obelisk.messaging.worker")
+
+ERROR: Final = "obelisk-error"
+ATTEMPTS: Final = "obelisk-attempts"
+ORIGINAL_TOPIC: Final = "obelisk-original-topic"
+FAILED_AT: Final = "obelisk-failed-at"
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before retry ``n`` (n = 1 after the first failure): ``base * factor**(n-1)``,
+    capped at ``maximum``, times a random factor in ``[1 - jitter, 1]`` so that many
+    workers failing together do not retry together."""
+
+    base: float = 0.1
+    factor: float = 2.0
+    maximum: float = 5.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int) -> float:
+        raw = min(self.maximum, self.base * self.factor ** max(0, attempt - 1))
+        return raw * random.uniform(1.0 - self.jitter, 1.0)
+
+
+class MessageContext:
+    """What a handler gets: the message, its delivery, the decoded event (for relayed
+    events), the inbox transaction (with an inbox) and the ids to pass on to commands."""
+
+    __slots__ = ("delivery", "event", "tx")
+
+    def __init__(self, delivery: Delivery, event: Event | None, tx: ReadTransaction | None):
+        self.delivery = delivery
+        self.event = event
+        self.tx = tx
+
+    @property
+    def message(self) -> Message:
+        return self.delivery.message
+
+    @property
+    def attempt(self) -> int:
+        return self.delivery.attempt
+
+    @property
+    def correlation_id(self) -> str:
+        """The conversation this message belongs to (its own id when it starts one)."""
+        return self.message.headers.get(headers.CORRELATION_ID) or self.message.id
+
+    @property
+    def causation_id(self) -> str:
+        """What a command issued by this handler is caused by: this message."""
+        return self.message.id
+
+
+Handler = Callable[[MessageContext], Awaitable[None]]
+
+
+class _Malformed(Exception):
+    pass
+
+
+class MessageWorker:
+    """Consumes ``topic`` as ``consumer`` of ``group``; see the module docstring.
+
+    Args:
+        broker: the broker.
+        handler: ``async def handler(ctx: MessageContext) -> None``.
+        group: the consumer group (each group gets every message once).
+        topic: the topic to consume.
+        concurrency: handlers running at once (different keys).
+        max_attempts: deliveries before a message is dead-lettered.
+        backoff: delays between attempts (keep them well under ``ack_timeout``).
+        inbox: record handled ids in the handler's transaction (exactly-once effect).
+        codec: decodes relayed events into ``ctx.event`` (default: the JSON codec).
+        ack_timeout: after this long unacknowledged, the broker redelivers a message.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        handler: Handler,
+        *,
+        group: str,
+        topic: str = "events",
+        consumer: str | None = None,
+        concurrency: int = 16,
+        max_attempts: int = 5,
+        backoff: Backoff | None = None,
+        inbox: Inbox | None = None,
+        codec: EventCodec | None = None,
+        ack_timeout: float = 30.0,
+        fetch_wait: float = 0.5,
+    ) -> None:
+        if concurrency < 1 or max_attempts < 1:
+            raise ValidationError("concurrency and max_attempts must be >= 1")
+        validate_topic(topic)
+        validate_topic(group)
+        if codec is None:
+            from obelisk.store.codec import JsonCodec
+
+            codec = JsonCodec()
+        self.broker = broker
+        self.handler = handler
+        self.group = group
+        self.topic = topic
+        self.consumer = consumer or f"{group}-{uuid.uuid4().hex[:8]}"
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.backoff = backoff or Backoff()
+        self.inbox = inbox
+        self.codec = codec
+        self.ack_timeout = ack_timeout
+        self.fetch_wait = fetch_wait
+        self.dead_letter_topic = f"dlq.{group}"
+        self.handled = 0
+        self.retries = 0
+        self.dead_lettered = 0
+        self.duplicates = 0
+        self.errors = 0
+        self.handler_seconds = FastHistogram(LATENCY_BUCKETS)
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._lanes: dict[str, deque[Delivery]] = {}
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._waiting = 0
+        self._room = asyncio.Event()
+        self._acks: list[Delivery] = []
+        self._stopping = False
+        self._wake = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop fetching; :meth:`run` returns once handlers in progress have finished."""
+        self._stopping = True
+        self._wake.set()
+        self._room.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`. Broker outages are retried with backoff."""
+        self._stopping = False
+        await self.broker.create_group(self.topic, self.group)
+        limit = 4 * self.concurrency
+        outage = 0.05
+        try:
+            while not self._stopping:
+                if self._waiting >= limit:
+                    self._room.clear()
+                    await self._flush_acks()
+                    await self._room.wait()
+                    continue
+                try:
+                    await self._flush_acks()
+                    deliveries = await self.broker.consume(
+                        self.topic,
+                        self.group,
+                        self.consumer,
+                        max_messages=limit - self._waiting,
+                        wait=self.fetch_wait,
+                        ack_timeout=self.ack_timeout,
+                    )
+                except BrokerUnavailable as exc:
+                    self.errors += 1
+                    _log.warning("worker %s: %s; retrying in %.2fs", self.consumer, exc, outage)
+                    await self._pause(outage)
+                    outage = min(outage * 2, 5.0)
+                    continue
+                outage = 0.05
+                for delivery in deliveries:
+                    self._enqueue(delivery)
+        finally:
+            # Graceful: what was taken is finished and acknowledged.
+            if self._lane_tasks:
+                await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+            try:
+                await self._flush_acks()
+            except BrokerUnavailable as exc:  # redelivered later; the inbox absorbs it
+                _log.warning("worker %s: final acks lost: %s", self.consumer, exc)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        self._waiting += 1
+        key = delivery.message.key
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(delivery)  # its key's runner takes it in order
+            return
+        lane = self._lanes[key] = deque([delivery])
+        task = asyncio.create_task(self._run_lane(key, lane))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _run_lane(self, key: str, lane: deque[Delivery]) -> None:
+        try:
+            while lane:
+                delivery = lane[0]
+                async with self._semaphore:
+                    await self._process(delivery)
+                lane.popleft()
+                self._waiting -= 1
+                self._room.set()
+        finally:
+            del self._lanes[key]
+
+    async def _process(self, delivery: Delivery) -> None:
+        message = delivery.message
+        reason = message.headers.get(MALFORMED)
+        event = None
+        if reason is None:
+            try:
+                event = self._decode(message)
+            except _Malformed as exc:
+                reason = str(exc)
+        if reason is not None:
+            await self._dead_letter(delivery, f"malformed: {reason}", delivery.attempt)
+            return
+        attempt = delivery.attempt
+        while True:
+            try:
+                await self._handle(delivery, event)
+                break
+            except Exception as exc:
+                if attempt >= self.max_attempts:
+                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                    await self._dead_letter(delivery, error, attempt)
+                    return
+                self.retries += 1
+                delay = self.backoff.delay(attempt)
+                _log.info(
+                    "worker %s: message %s attempt %d failed (%s); retry in %.2fs",
+                    self.consumer, message.id, attempt, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                attempt += 1
+        self._acks.append(delivery)
+        if len(self._acks) >= 256:
+            await self._flush_acks()
+
+    def _decode(self, message: Message) -> Event | None:
+        type_name = message.headers.get(headers.EVENT_TYPE)
+        if type_name is None:
+            return None  # not a relayed event (a job, a user's message): payload as is
+        try:
+            schema = int(message.headers.get(headers.SCHEMA_VERSION, "1"))
+            position = int(message.headers.get(headers.POSITION, "0"))
+            version = int(message.headers.get(headers.STREAM_VERSION, "0"))
+            return self.codec.decode(
+                type_name, schema, message.payload, message.key, version, position
+            )
+        except (ValueError, StoreError) as exc:
+            raise _Malformed(str(exc)) from exc
+
+    async def _handle(self, delivery: Delivery, event: Event | None) -> None:
+        started = time.perf_counter()
+        inbox = self.inbox
+        if inbox is None:
+            await self.handler(MessageContext(delivery, event, None))
+        else:
+            async with inbox.transaction(self.group, delivery.message.id) as tx:
+                if tx is None:
+                    self.duplicates += 1
+                    return  # handled before: acknowledged, not run again
+                await self.handler(MessageContext(delivery, event, tx))
+        self.handled += 1
+        self.handler_seconds.observe(time.perf_counter() - started)
+
+    async def _dead_letter(self, delivery: Delivery, error: str, attempts: int) -> None:
+        message = delivery.message
+        letter = Message(
+            message.id,
+            self.dead_letter_topic,
+            message.subject,
+            message.key,
+            message.payload,
+            {
+                **message.headers,
+                ERROR: error[:2000],
+                ATTEMPTS: str(attempts),
+                ORIGINAL_TOPIC: message.topic,
+                FAILED_AT: repr(time.time()),
+            },
+        )
+        _log.error("worker %s dead-letters message %s: %s", self.consumer, message.id, error)
+        await self.broker.publish([letter])
+        self.dead_lettered += 1
+        self._acks.append(delivery)
+
+    async def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        if acks:
+            try:
+                await self.broker.ack(self.topic, self.group, acks)
+            except BrokerUnavailable:
+                self._acks[:0] = acks  # try again with the next flush
+                raise
+
+
+async def replay_dead_letters(
+    broker: Broker, group: str, *, after: str | None = None, limit: int = 1000
+) -> tuple[int, str | None]:
+    """Publish dead letters of ``group`` back to their original topics (error headers
+    removed); returns how many and the cursor of the last one (pass it as ``after`` to
+    continue). The dead letters stay where they are."""
+    letters = await broker.read(f"dlq.{group}", after=after, limit=limit)
+    replayed = []
+    for entry in letters:
+        message = entry.message
+        original = message.headers.get(ORIGINAL_TOPIC)
+        if original is None:
+            continue
+        kept = {
+            k: v
+            for k, v in message.headers.items()
+            if k not in (ERROR, ATTEMPTS, ORIGINAL_TOPIC, FAILED_AT)
+        }
+        replayed.append(
+            Message(message.id, original, message.subject, message.key, message.payload, kept)
+        )
+    if replayed:
+        await broker.publish(replayed)
+    return len(replayed), (letters[-1].cursor if letters else after)
+
+
+def describe(worker: MessageWorker) -> dict[str, Any]:
+    """A worker's counters, for status output and metrics."""
+    return {
+        "group": worker.group,
+        "consumer": worker.consumer,
+        "handled": worker.handled,
+        "retries": worker.retries,
+        "dead_lettered": worker.dead_lettered,
+        "duplicates": worker.duplicates,
+        "waiting": worker._waiting,
+    }
