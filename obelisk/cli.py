@@ -1,4 +1,5 @@
-"""The ``obelisk`` command: demo, bench, inspect, profile, metrics, projections."""
+"""The ``obelisk`` command: demo, bench, inspect, profile, metrics, projections, relay,
+worker, dlq."""
 
 from __future__ import annotations
 
@@ -140,13 +141,44 @@ def metrics(
     raise typer.Exit(run_metrics_cli(store, host=host, port=port, once=once))
 
 
-def _add_projections() -> None:
+@app.command()
+def relay(
+    store: Annotated[str, typer.Option(help="Event store URL.")],
+    read: Annotated[str, typer.Option(help="Read store URL (the relay's checkpoint).")],
+    broker: Annotated[str, typer.Option(help="Broker URL: redis://..., nats://...")],
+    name: Annotated[str, typer.Option(help="The relay's name (its checkpoint).")] = "relay",
+    topic: Annotated[str, typer.Option(help="The topic to publish to.")] = "events",
+    partitions: Annotated[int, typer.Option(help="Spread streams over N topics.")] = 1,
+    page_size: Annotated[int, typer.Option(help="Events per published batch.")] = 1000,
+) -> None:
+    """Publish the event log to a broker from the relay's checkpoint, until SIGINT/SIGTERM."""
+    from obelisk.messaging.cli import run_relay_cli
+
+    run_relay_cli(
+        store=store, read=read, broker=broker, name=name, topic=topic,
+        partitions=partitions, page_size=page_size,
+    )  # fmt: skip
+
+
+@app.command()
+def worker(
+    target: Annotated[str, typer.Argument(help="Your Consumers object, module:name.")],
+) -> None:
+    """Run a service's message handlers (an obelisk.messaging.Consumers) until stopped."""
+    from obelisk.messaging.cli import run_worker_cli
+
+    run_worker_cli(target)
+
+
+def _add_groups() -> None:
+    from obelisk.messaging.cli import dlq_app
     from obelisk.projections.cli import projections_app
 
     app.add_typer(projections_app, name="projections")
+    app.add_typer(dlq_app, name="dlq")
 
 
-_add_projections()
+_add_groups()
 
 
 def main() -> None:

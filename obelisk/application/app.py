@@ -169,11 +169,19 @@ class Application:
 
         return register
 
-    async def handle(self, command: Command, *, correlation_id: str | None = None) -> int | None:
+    async def handle(
+        self,
+        command: Command,
+        *,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> int | None:
         """Validate ``command``, run its handler in a unit of work and commit.
 
         Returns the global position of the last event committed (None when the handler
         recorded nothing). A query can wait for read models to reach this position.
+        ``correlation_id`` and ``causation_id`` are stored with the events (a message
+        handler passes its message's: ``MessageContext.correlation_id``/``causation_id``).
         """
         observer = self.observer
         timing: CommandTiming | None = None
@@ -191,7 +199,7 @@ class Application:
             policy = entry.retry or self.retry
             attempt = 1
             while True:
-                uow = UnitOfWork(self, correlation_id=correlation_id)
+                uow = UnitOfWork(self, correlation_id=correlation_id, causation_id=causation_id)
                 uow._timing = timing
                 try:
                     # The unit's `async with` protocol, inlined: the per-command path.

@@ -83,6 +83,8 @@ class OutboxRelay(ProjectionRunner):
         types: only these event type names (None: every event).
         accept: a further filter on stored events (return False to skip one).
         page_size / lease_seconds / poll_interval: as for a projection runner.
+        tracer: an OpenTelemetry tracer: a span per published batch, linked to the traced
+            commands that wrote its events.
     """
 
     transient: ClassVar[tuple[type[BaseException], ...]] = (StoreUnavailable, BrokerUnavailable)
@@ -102,6 +104,7 @@ class OutboxRelay(ProjectionRunner):
         lease_seconds: float = 10.0,
         poll_interval: float = 1.0,
         owner: str | None = None,
+        tracer: Any = None,
     ) -> None:
         if partitions < 1:
             raise ValidationError(f"partitions must be >= 1, got {partitions}")
@@ -115,6 +118,7 @@ class OutboxRelay(ProjectionRunner):
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             owner=owner,
+            tracer=tracer,
         )
         self.broker = broker
         self.topic = topic

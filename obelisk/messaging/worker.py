@@ -120,6 +120,8 @@ class MessageWorker:
         inbox: record handled ids in the handler's transaction (exactly-once effect).
         codec: decodes relayed events into ``ctx.event`` (default: the JSON codec).
         ack_timeout: after this long unacknowledged, the broker redelivers a message.
+        tracer: an OpenTelemetry tracer: a span per handled message, linked to the traced
+            command that wrote its event (the relay carries ``traceparent`` in a header).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class MessageWorker:
         codec: EventCodec | None = None,
         ack_timeout: float = 30.0,
         fetch_wait: float = 0.5,
+        tracer: Any = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValidationError("concurrency and max_attempts must be >= 1")
@@ -158,6 +161,7 @@ class MessageWorker:
         self.codec = codec
         self.ack_timeout = ack_timeout
         self.fetch_wait = fetch_wait
+        self.tracer = tracer
         self.dead_letter_topic = f"dlq.{group}"
         self.handled = 0
         self.retries = 0
@@ -301,6 +305,29 @@ class MessageWorker:
             raise _Malformed(str(exc)) from exc
 
     async def _handle(self, delivery: Delivery, event: Event | None) -> None:
+        tracer = self.tracer
+        if tracer is None:
+            await self._handle_once(delivery, event)
+            return
+        from obelisk.observability.tracing import link_to
+
+        message = delivery.message
+        header = message.headers.get(headers.TRACEPARENT)
+        attributes = {
+            "obelisk.group": self.group,
+            "obelisk.subject": message.subject,
+            "obelisk.message_id": message.id,
+            "obelisk.attempt": delivery.attempt,
+        }
+        # A link to the command that wrote the event (across processes, via the header).
+        with tracer.start_as_current_span(
+            f"obelisk.message {self.group}",
+            links=link_to(header) if header else [],
+            attributes=attributes,
+        ):
+            await self._handle_once(delivery, event)
+
+    async def _handle_once(self, delivery: Delivery, event: Event | None) -> None:
         started = time.perf_counter()
         inbox = self.inbox
         if inbox is None:

@@ -35,6 +35,8 @@ from obelisk.observability.histogram import EVENT_BUCKETS, LATENCY_BUCKETS, Fast
 
 if TYPE_CHECKING:
     from obelisk.application.app import Application
+    from obelisk.messaging.relay import OutboxRelay
+    from obelisk.messaging.worker import MessageWorker
     from obelisk.projections.runner import ProjectionRunner
     from obelisk.projections.worker import ProjectionWorker
 
@@ -139,6 +141,21 @@ class Metrics(Collector):
         from obelisk.observability.projection_metrics import projection_source
 
         self.add_source(projection_source(watched))
+
+    def watch_relay(self, relay: OutboxRelay) -> None:
+        """Also report an outbox relay: its checkpoint and lag (as a projection named
+        ``relay:<name>``), what it published and the duplicates the broker dropped."""
+        from obelisk.observability.messaging_metrics import relay_source
+
+        self.watch_projection(relay)
+        self.add_source(relay_source(relay))
+
+    def watch_worker(self, worker: MessageWorker) -> None:
+        """Also report a message worker: handled, retries, dead letters, duplicates,
+        messages waiting and handler time, by group."""
+        from obelisk.observability.messaging_metrics import worker_source
+
+        self.add_source(worker_source(worker))
 
     def add_source(self, source: Callable[[], Iterator[Any]]) -> None:
         """Add a callable yielding metric families at scrape time (later capabilities)."""

@@ -35,11 +35,12 @@ def obelisk_tracer(provider: Any = None) -> Any:
 
 
 def link_to(stored: Any) -> list[Any]:
-    """OpenTelemetry links to the trace that wrote ``stored`` (a StoredEvent); [] when it
-    was not traced or its trace context is not a valid ``traceparent``."""
+    """OpenTelemetry links to the trace that wrote ``stored`` (a StoredEvent, or a
+    ``traceparent`` string such as a message's header); [] when it was not traced or its
+    trace context is not a valid ``traceparent``."""
     from opentelemetry.trace import Link, SpanContext, TraceFlags
 
-    header = getattr(stored, "trace_context", None)
+    header = stored if isinstance(stored, str) else getattr(stored, "trace_context", None)
     if not isinstance(header, str):
         return []
     parts = header.split("-")
