@@ -17,7 +17,7 @@ from obelisk.application.loading import AggregateLoader, LoadBudget, SnapshotPol
 from obelisk.application.locks import KeyedLock
 from obelisk.application.retry import NO_RETRY, RetryPolicy
 from obelisk.application.snapshots import Snapshotter
-from obelisk.application.unit_of_work import UnitOfWork
+from obelisk.application.unit_of_work import UnitOfWork, keyed_event_ids
 from obelisk.domain.aggregate import Aggregate
 from obelisk.errors import AggregateNotFound, ConcurrencyError
 from obelisk.observability.observer import CommandTiming
@@ -32,6 +32,7 @@ __all__ = ["Application"]
 A = TypeVar("A", bound=Aggregate)
 CacheMode = Literal["trust", "fast-forward"]
 _log = logging.getLogger("obelisk.application")
+KEY_LOOKUP_EVENTS = 32  # events of an earlier keyed command looked up for its position
 C = TypeVar("C", bound=Command)
 
 
@@ -175,6 +176,7 @@ class Application:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int | None:
         """Validate ``command``, run its handler in a unit of work and commit.
 
@@ -182,6 +184,11 @@ class Application:
         recorded nothing). A query can wait for read models to reach this position.
         ``correlation_id`` and ``causation_id`` are stored with the events (a message
         handler passes its message's: ``MessageContext.correlation_id``/``causation_id``).
+        With ``idempotency_key``, the events' ids derive from the key, and a command whose
+        key already recorded events is not run again: it returns the earlier position (the
+        highest of its first 32 events). So a redelivered message or a deadline fired twice
+        has no second effect; two concurrent first attempts are told apart by the store,
+        which takes the second append as a retry of the first.
         """
         observer = self.observer
         timing: CommandTiming | None = None
@@ -196,10 +203,21 @@ class Application:
         error: BaseException | None = None
         try:
             entry = self.commands.entry_for(command)
+            if idempotency_key is not None:
+                earlier = await self.store.last_position_of(
+                    keyed_event_ids(idempotency_key, 0, KEY_LOOKUP_EVENTS)
+                )
+                if earlier is not None:
+                    return earlier  # handled before with this key: not run again
             policy = entry.retry or self.retry
             attempt = 1
             while True:
-                uow = UnitOfWork(self, correlation_id=correlation_id, causation_id=causation_id)
+                uow = UnitOfWork(
+                    self,
+                    correlation_id=correlation_id,
+                    causation_id=causation_id,
+                    idempotency_key=idempotency_key,
+                )
                 uow._timing = timing
                 try:
                     # The unit's `async with` protocol, inlined: the per-command path.

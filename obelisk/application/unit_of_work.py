@@ -6,11 +6,25 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Final, Self, TypeVar
+from uuid import UUID, uuid5
 
 from obelisk.domain.aggregate import Aggregate
 from obelisk.errors import AggregateNotFound, CommandRejected, ObeliskError
 from obelisk.store.records import AppendRequest, AppendResult
+
+# Event ids of idempotent commands: uuid5 in this namespace (fixed: stored ids depend on it).
+_IDEMPOTENCY_NAMESPACE: Final = UUID("5b0e1c3a-7f0d-4b8e-9c1a-0b5e11e4a001")
+
+
+def keyed_event_ids(key: str, start: int, count: int) -> list[UUID]:
+    """The ids of events ``start .. start+count-1`` of the unit of work keyed ``key``.
+
+    The same command handled again with the same key records the same ids, so the store
+    recognises it (and the application can ask the store whether the key ran before).
+    """
+    return [uuid5(_IDEMPOTENCY_NAMESPACE, f"{key}\x1f{i}") for i in range(start, start + count)]
+
 
 if TYPE_CHECKING:
     from obelisk.application.app import Application
@@ -37,8 +51,10 @@ class UnitOfWork:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         self._app = app
+        self.idempotency_key = idempotency_key
         self._tracked: dict[str, Aggregate] = {}
         self._locked: list[str] = []
         self.correlation_id = correlation_id
@@ -125,6 +141,7 @@ class UnitOfWork:
         self._check_active()
         requests = []
         changed = []
+        keyed = 0  # events of this unit so far: keyed ids number them across aggregates
         for aggregate in self._tracked.values():
             if aggregate._broken:
                 raise CommandRejected(
@@ -140,12 +157,15 @@ class UnitOfWork:
                         pending,  # taken over below, once the append succeeded
                         aggregate.version - len(pending),  # NO_STREAM (0) when new
                         aggregate.aggregate_type,
-                        None,
+                        None
+                        if self.idempotency_key is None
+                        else keyed_event_ids(self.idempotency_key, keyed, len(pending)),
                         self.correlation_id,
                         self.causation_id,
                         None if self._timing is None else self._timing.traceparent,
                     )
                 )
+                keyed += len(pending)
         if not requests:
             return None
         append = self._app.store.append_many(requests)
@@ -172,6 +192,8 @@ class UnitOfWork:
         app = self._app
         cache = app.cache
         loading = app.loading
+        if self.idempotency_key is not None:
+            self._forget_replayed(changed, results)
         for aggregate in changed:
             aggregate._pending = []
             cache.put(aggregate)
@@ -183,6 +205,17 @@ class UnitOfWork:
             else max(result.last_position for result in results)
         )
         return self.position
+
+    def _forget_replayed(self, changed: list[Aggregate], results: list[AppendResult]) -> None:
+        """Drop aggregates whose append the store took as a retry of an earlier one: their
+        in-memory state applied the events a second time (the store did not); the next
+        load reads the truth."""
+        cache = self._app.cache
+        for aggregate, result in zip(list(changed), results, strict=True):
+            if result.version != aggregate.version:
+                changed.remove(aggregate)
+                aggregate._pending = []
+                cache.evict(aggregate.id)
 
     @staticmethod
     async def _traced_append(

@@ -267,6 +267,11 @@ class EventStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
+        """The highest position among stored events whose id is in ``event_ids`` (None
+        when none is stored): how an idempotent command learns that it ran before."""
+
+    @abc.abstractmethod
     async def last_position(self) -> int:
         """The highest committed position (0 for an empty store)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from obelisk.domain.events import Event
 from obelisk.errors import ConcurrencyError, StoreClosed
@@ -205,6 +206,10 @@ class MemoryEventStore(EventStore):
             if wanted is None or row.encoded.type_name in wanted:
                 out.append(self._envelope(row))
         return out
+
+    async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
+        found = [row.position for i in event_ids if (row := self._ids.get(i.bytes)) is not None]
+        return max(found) if found else None
 
     async def last_position(self) -> int:
         self._check_open()

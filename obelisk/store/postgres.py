@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
+from uuid import UUID
 
 import asyncpg
 
@@ -375,6 +376,9 @@ class PostgresEventStore(EventStore):
             "AND event_type = ANY($3::text[]) ORDER BY position LIMIT $2",
             "last": f"SELECT coalesce(max(position), 0) FROM {n.events} WHERE position < {bound}",
             "version": f"SELECT coalesce(max(version), 0) FROM {n.events} WHERE stream_id = $1",
+            "positions_of": (
+                f"SELECT max(position) FROM {n.events} WHERE event_id = ANY($1::uuid[])"
+            ),
             # Walks the (stream_id, version) index: a tool query, not for hot paths.
             "streams": f"SELECT e.stream_id, (SELECT f.stream_type FROM {n.events} f "
             "WHERE f.stream_id = e.stream_id AND f.version = 1), max(e.version) "
@@ -472,6 +476,12 @@ class PostgresEventStore(EventStore):
         else:
             rows = await self._fetch("all_types", after, limit, list(types))
         return decode_envelopes(self.codec, rows)
+
+    async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
+        if not event_ids:
+            return None
+        rows = await self._fetch("positions_of", [i.bytes for i in event_ids])
+        return None if rows[0][0] is None else int(rows[0][0])
 
     async def last_position(self) -> int:
         rows = await self._fetch("last")

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
+from uuid import UUID
 
 from obelisk.domain.events import Event
 from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
@@ -293,6 +294,16 @@ class SQLiteEventStore(EventStore):
         sql += "ORDER BY position LIMIT ?"
         params.append(limit)
         return self._envelopes(await self._fetch(sql, params))
+
+    async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
+        if not event_ids:
+            return None
+        marks = ", ".join("?" * len(event_ids))
+        rows = await self._fetch(
+            f"SELECT MAX(position) FROM obelisk_events WHERE event_id IN ({marks})",
+            [i.bytes for i in event_ids],
+        )
+        return None if rows[0][0] is None else int(rows[0][0])
 
     async def last_position(self) -> int:
         rows = await self._fetch("SELECT COALESCE(MAX(position), 0) FROM obelisk_events", ())

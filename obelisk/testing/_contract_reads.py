@@ -61,6 +61,18 @@ class ReadContract(ContractBase):
             assert stored.stream_type == "Account"
 
     @asyncio_test
+    async def test_last_position_of_finds_stored_event_ids_only(self) -> None:
+        async with self.open_store() as store:
+            ids = [uuid4(), uuid4()]
+            await store.append("ids-1", deposits(1, 2), NO_STREAM, event_ids=ids)
+            await store.append("ids-2", deposits(1), NO_STREAM)
+            at = self.assert_log_positions(await self.everything(store), 3)
+            assert await store.last_position_of(ids) == at[2]
+            assert await store.last_position_of([ids[0], uuid4()]) == at[1]
+            assert await store.last_position_of([uuid4()]) is None
+            assert await store.last_position_of([]) is None
+
+    @asyncio_test
     async def test_a_negative_read_limit_is_a_validation_error(self) -> None:
         async with self.open_store() as store:
             await store.append("acct-1", deposits(1, 2), NO_STREAM)
