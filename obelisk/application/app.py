@@ -25,6 +25,7 @@ from obelisk.store.base import EventStore
 from obelisk.store.url import store_from_url
 
 if TYPE_CHECKING:
+    from obelisk.messaging.jobs import Job, JobQueue
     from obelisk.observability.observer import Observer
 
 __all__ = ["Application"]
@@ -56,6 +57,8 @@ class Application:
         load_budget: the load budget of every aggregate type (None: none).
         observer: metrics, traces and the slow-command log
             (:class:`~obelisk.observability.Observer`; None: nothing is measured).
+        jobs: the queue :meth:`enqueue` puts background jobs on
+            (:class:`~obelisk.messaging.jobs.JobQueue`).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class Application:
         snapshots: SnapshotPolicy | None = None,
         load_budget: LoadBudget | None = None,
         observer: Observer | None = None,
+        jobs: JobQueue | None = None,
     ):
         if cache_mode not in ("trust", "fast-forward"):
             raise ValueError(f"cache_mode must be 'trust' or 'fast-forward', got {cache_mode!r}")
@@ -84,6 +88,7 @@ class Application:
             lambda: self.store, self.snapshotter, snapshot_policy=snapshots, budget=load_budget
         )
         self.observer = observer
+        self.jobs = jobs
         if observer is not None and observer.metrics is not None:
             observer.metrics.attach(self)
             self.loading.metrics = observer.metrics
@@ -240,6 +245,13 @@ class Application:
         finally:
             if observer is not None:
                 observer.finish(name, started, timing, error)
+
+    async def enqueue(self, job: Job, *, key: str | None = None) -> str:
+        """Put a background job on the application's job queue; the job's id (ask the
+        queue for its status or wait for its result). ``key`` orders jobs: one at a time."""
+        if self.jobs is None:
+            raise RuntimeError("no job queue: Application(..., jobs=JobQueue(broker, read_store))")
+        return await self.jobs.enqueue(job, key=key)
 
     async def handle_json(self, name: str, payload: bytes, **kwargs: Any) -> int | None:
         """Decode a JSON command by its wire name and handle it (ValidationError if malformed)."""

@@ -51,7 +51,10 @@ def _run_until_signalled(main: Callable[[], Any], stop: Callable[[], None]) -> N
             loop.add_signal_handler(sig, stop)
         await main()
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except KeyboardInterrupt:
+        return  # interrupted before the signal handlers were in place: nothing to finish
 
 
 def run_relay_cli(

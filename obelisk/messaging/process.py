@@ -235,7 +235,6 @@ class CommandScheduler:
     async def run(self) -> None:
         """Send due commands until :meth:`stop`."""
         await self.open()
-        self._stopping = False
         while not self._stopping:
             try:
                 sent = await self.send_due()

@@ -122,6 +122,9 @@ class MessageWorker:
         ack_timeout: after this long unacknowledged, the broker redelivers a message.
         tracer: an OpenTelemetry tracer: a span per handled message, linked to the traced
             command that wrote its event (the relay carries ``traceparent`` in a header).
+        before_handle: awaited before each attempt, outside the inbox's transaction.
+        on_dead_letter: awaited with the delivery and the error when a message is
+            dead-lettered (after it is published to the dead-letter topic).
     """
 
     def __init__(
@@ -140,6 +143,8 @@ class MessageWorker:
         ack_timeout: float = 30.0,
         fetch_wait: float = 0.5,
         tracer: Any = None,
+        before_handle: Callable[[Delivery], Awaitable[None]] | None = None,
+        on_dead_letter: Callable[[Delivery, str], Awaitable[None]] | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValidationError("concurrency and max_attempts must be >= 1")
@@ -162,6 +167,8 @@ class MessageWorker:
         self.ack_timeout = ack_timeout
         self.fetch_wait = fetch_wait
         self.tracer = tracer
+        self.before_handle = before_handle
+        self.on_dead_letter = on_dead_letter
         self.dead_letter_topic = f"dlq.{group}"
         self.handled = 0
         self.retries = 0
@@ -186,7 +193,6 @@ class MessageWorker:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`. Broker outages are retried with backoff."""
-        self._stopping = False
         await self.broker.create_group(self.topic, self.group)
         limit = 4 * self.concurrency
         outage = 0.05
@@ -328,6 +334,8 @@ class MessageWorker:
             await self._handle_once(delivery, event)
 
     async def _handle_once(self, delivery: Delivery, event: Event | None) -> None:
+        if self.before_handle is not None:
+            await self.before_handle(delivery)
         started = time.perf_counter()
         inbox = self.inbox
         if inbox is None:
@@ -360,6 +368,8 @@ class MessageWorker:
         _log.error("worker %s dead-letters message %s: %s", self.consumer, message.id, error)
         await self.broker.publish([letter])
         self.dead_lettered += 1
+        if self.on_dead_letter is not None:
+            await self.on_dead_letter(delivery, error)
         self._acks.append(delivery)
 
     async def _flush_acks(self) -> None:

@@ -293,5 +293,7 @@ def run_worker(
 
     try:
         asyncio.run(run())
+    except KeyboardInterrupt:
+        return  # interrupted before the signal handlers were in place: nothing to finish
     except (ValueError, ObeliskError, OSError) as exc:
         raise _fail(str(exc)) from None

@@ -199,7 +199,6 @@ class ProjectionRunner:
         the log until :meth:`stop`; a lost connection or lease goes back to claiming."""
         from obelisk.projections.rebuild import ensure_current
 
-        self._stopping = False
         backoff = 0.05
         while not self._stopping:
             try:

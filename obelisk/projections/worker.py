@@ -92,7 +92,6 @@ class ProjectionWorker:
     async def run(self) -> None:
         """Balance and run partitions until :meth:`stop`; a runner's ProjectionError
         (a poison event under the ``stop`` policy) stops the worker and is raised."""
-        self._stopping = False
         try:
             while not self._stopping:
                 try:
