@@ -150,13 +150,17 @@ def relay(
     topic: Annotated[str, typer.Option(help="The topic to publish to.")] = "events",
     partitions: Annotated[int, typer.Option(help="Spread streams over N topics.")] = 1,
     page_size: Annotated[int, typer.Option(help="Events per published batch.")] = 1000,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option("--import", help="A module defining your event classes (repeatable)."),
+    ] = None,
 ) -> None:
     """Publish the event log to a broker from the relay's checkpoint, until SIGINT/SIGTERM."""
     from obelisk.messaging.cli import run_relay_cli
 
     run_relay_cli(
         store=store, read=read, broker=broker, name=name, topic=topic,
-        partitions=partitions, page_size=page_size,
+        partitions=partitions, page_size=page_size, imports=imports or (),
     )  # fmt: skip
 
 

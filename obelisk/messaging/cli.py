@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -58,9 +58,25 @@ def _run_until_signalled(main: Callable[[], Any], stop: Callable[[], None]) -> N
 
 
 def run_relay_cli(
-    *, store: str, read: str, broker: str, name: str, topic: str, partitions: int, page_size: int
+    *,
+    store: str,
+    read: str,
+    broker: str,
+    name: str,
+    topic: str,
+    partitions: int,
+    page_size: int,
+    imports: Sequence[str] = (),
 ) -> None:
-    """``obelisk relay``: publish the log until SIGINT/SIGTERM."""
+    """``obelisk relay``: publish the log until SIGINT/SIGTERM. ``imports`` names the
+    modules defining the event classes (the relay reads the log decoded)."""
+    try:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        for module in imports:
+            importlib.import_module(module)
+    except ImportError as exc:
+        raise _fail(f"cannot import {exc.name or exc}: {exc}") from None
     from obelisk.messaging import broker_from_url
     from obelisk.messaging.relay import OutboxRelay
     from obelisk.projections import read_store_from_url
