@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what it needs, then lint, types, tests.
-# Server binaries the tests need (PostgreSQL) are installed here; the servers themselves are
-# started by pytest's session fixtures (tests/conftest.py) on free local ports in temporary
-# folders, so they are stopped and deleted even when tests fail.
+# Server binaries the tests need (PostgreSQL, Redis, NATS) are installed here; the servers
+# themselves are started by pytest's session fixtures (tests/conftest.py) on free local ports
+# in temporary folders, so they are stopped and deleted even when tests fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,25 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v in
     else
         echo "error: PostgreSQL's server binaries (initdb, pg_ctl) are not installed." >&2
         echo "Install them, e.g. 'sudo apt-get install -y postgresql', and run this again." >&2
+        exit 1
+    fi
+fi
+
+# Redis and NATS (with JetStream) for the broker tests, started the same way by pytest.
+missing=()
+command -v redis-server >/dev/null || [ -x /usr/sbin/redis-server ] || [ -x /usr/bin/redis-server ] \
+    || missing+=(redis-server)
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || [ -x /usr/bin/nats-server ] \
+    || missing+=(nats-server)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing ${missing[*]} (apt-get install)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q "${missing[@]}"
+    else
+        echo "error: ${missing[*]} not installed." >&2
+        echo "Install them, e.g. 'sudo apt-get install -y ${missing[*]}', and run this again." >&2
         exit 1
     fi
 fi

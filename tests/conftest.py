@@ -2,6 +2,8 @@
 
 PostgreSQL: ``postgres_dsn`` is ``$OBELISK_TEST_POSTGRES_DSN`` when set, else one throwaway
 server started for the whole session (only when a test asks for it) and stopped at the end.
+Redis and NATS work the same way: ``redis_url`` (``$OBELISK_TEST_REDIS_URL``) and
+``nats_url`` (``$OBELISK_TEST_NATS_URL``, a server with JetStream).
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from obelisk.servers.nats import ThrowawayNats
 from obelisk.servers.postgres import ThrowawayPostgres
+from obelisk.servers.redis import ThrowawayRedis
 from obelisk.store import MemoryEventStore, SQLiteEventStore
 
 POSTGRES_DSN_ENV = "OBELISK_TEST_POSTGRES_DSN"
+REDIS_URL_ENV = "OBELISK_TEST_REDIS_URL"
+NATS_URL_ENV = "OBELISK_TEST_NATS_URL"
 
 
 @pytest.fixture
@@ -86,3 +92,39 @@ async def pg_schema(postgres_dsn: str) -> AsyncIterator[str]:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[ThrowawayRedis | None]:
+    """The session's own Redis server, or None when the URL comes from the environment.
+
+    Fault tests restart it; they skip when it is None (someone else's server).
+    """
+    if os.environ.get(REDIS_URL_ENV):
+        yield None
+        return
+    with ThrowawayRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: ThrowawayRedis | None) -> str:
+    """A Redis URL tests may create keys in (each test uses keys of its own)."""
+    return os.environ[REDIS_URL_ENV] if redis_server is None else redis_server.url
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[ThrowawayNats | None]:
+    """The session's own NATS server (JetStream on), or None when the URL comes from the
+    environment. Fault tests restart it; they skip when it is None."""
+    if os.environ.get(NATS_URL_ENV):
+        yield None
+        return
+    with ThrowawayNats() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: ThrowawayNats | None) -> str:
+    """A NATS URL with JetStream that tests may create streams in."""
+    return os.environ[NATS_URL_ENV] if nats_server is None else nats_server.url

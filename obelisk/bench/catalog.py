@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from obelisk.bench.inbox_workload import WorkerInbox
 from obelisk.bench.lag_workload import ProjectionLag
+from obelisk.bench.latency_workload import EndToEndLatency
 from obelisk.bench.loading_workloads import (
     CachedUpdate,
     CacheHit,
@@ -16,6 +18,7 @@ from obelisk.bench.loading_workloads import (
 from obelisk.bench.observed_workload import ObservedConcurrent
 from obelisk.bench.projection_workloads import PartitionedProjection, ProjectionCatchUp
 from obelisk.bench.rebuild_workload import ProjectionRebuild
+from obelisk.bench.relay_workloads import RelayNats, RelayRedis
 from obelisk.bench.workload import Workload
 from obelisk.bench.workloads import CORE_WORKLOADS
 
@@ -34,6 +37,10 @@ _ORDER: Final[tuple[type[Workload], ...]] = (
     PartitionedProjection,
     ProjectionRebuild,
     ProjectionLag,
+    RelayRedis,
+    RelayNats,
+    EndToEndLatency,
+    WorkerInbox,
 )
 WORKLOADS: Final[dict[str, type[Workload]]] = {cls.id: cls for cls in _ORDER}
 """Every workload by id, in report order."""

@@ -17,16 +17,20 @@ from obelisk.messaging.message import (
     EVENT_TYPE,
     MALFORMED,
     POSITION,
+    SCHEMA_VERSION,
     STREAM_ID,
     STREAM_VERSION,
     TRACEPARENT,
     Delivery,
     Message,
+    validate_topic,
 )
 
 if TYPE_CHECKING:
     from obelisk.messaging.consumers import Consumers
     from obelisk.messaging.inbox import Inbox
+    from obelisk.messaging.nats import NatsBroker
+    from obelisk.messaging.redis import RedisBroker
     from obelisk.messaging.relay import OutboxRelay
     from obelisk.messaging.worker import Backoff, MessageContext, MessageWorker
 
@@ -36,6 +40,7 @@ __all__ = [
     "EVENT_TYPE",
     "MALFORMED",
     "POSITION",
+    "SCHEMA_VERSION",
     "STREAM_ID",
     "STREAM_VERSION",
     "TRACEPARENT",
@@ -48,10 +53,13 @@ __all__ = [
     "Message",
     "MessageContext",
     "MessageWorker",
+    "NatsBroker",
     "OutboxRelay",
     "Published",
+    "RedisBroker",
     "TopicMessage",
     "broker_from_url",
+    "validate_topic",
 ]
 
 _LAZY = {
@@ -61,6 +69,10 @@ _LAZY = {
     "Consumers": "obelisk.messaging.consumers",
     "Inbox": "obelisk.messaging.inbox",
     "OutboxRelay": "obelisk.messaging.relay",
+    # The adapters, loaded on first use: RedisBroker needs redis-py when opened, the
+    # module of NatsBroker needs nats-py.
+    "RedisBroker": "obelisk.messaging.redis",
+    "NatsBroker": "obelisk.messaging.nats",
 }
 
 
@@ -75,19 +87,37 @@ def __getattr__(name: str) -> Any:
 
 
 def broker_from_url(url: str) -> Broker:
-    """A broker for ``memory://``, ``redis://host:port/db`` or ``nats://host:port``."""
+    """The broker a URL names (not opened yet: ``async with broker_from_url(url) as b``).
+
+    * ``memory://`` — in process memory (users' unit tests).
+    * ``redis://host:port/db`` (or ``rediss://`` for TLS) — Redis Streams.
+    * ``nats://host:port`` (or ``tls://``; several servers comma-separated) — NATS
+      JetStream.
+
+    Raises:
+        ValueError: an unknown scheme, or the client library the URL needs is missing.
+    """
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryBroker()
     if scheme in ("redis", "rediss"):
+        _require("redis", url, "redis-py")
         from obelisk.messaging.redis import RedisBroker
 
         return RedisBroker(url)
     if scheme in ("nats", "tls"):
-        try:
-            from obelisk.messaging.nats import NatsBroker  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise ValueError(f"{url!r} needs nats-py: pip install 'obelisk[messaging]'") from exc
-        broker: Broker = NatsBroker(url)
-        return broker
-    raise ValueError(f"unsupported broker URL {url!r}: use redis://, nats:// or memory://")
+        _require("nats", url, "nats-py")
+        from obelisk.messaging.nats import NatsBroker
+
+        return NatsBroker(url)
+    raise ValueError(
+        f"unsupported broker URL {url!r}: use redis://host:port/db, nats://host:port "
+        "or memory://"
+    )
+
+
+def _require(module: str, url: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{url!r} needs {package}: pip install 'obelisk[messaging]'")

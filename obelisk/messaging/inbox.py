@@ -13,7 +13,7 @@ without running the handler again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from obelisk.projections.readstore import ReadStore, ReadTransaction
@@ -68,6 +68,34 @@ class Inbox:
                 message_id,
             )
             yield tx if inserted else None
+
+    async def record_many(
+        self, tx: ReadTransaction, consumer: str, message_ids: Sequence[str]
+    ) -> set[str]:
+        """In ``tx``: record ``message_ids`` as handled by ``consumer``; the ids that were
+        not recorded before (one statement for them all). Call :meth:`ensure` first, outside
+        the transaction."""
+        d = self.read_store.dialect
+        unique = list(dict.fromkeys(message_ids))
+        if d.numbered:
+            rows = await tx.fetch(
+                f"INSERT INTO {self.table} (consumer, message_id, handled_at) "
+                f"SELECT $1, unnest($2::text[]), {d.now} ON CONFLICT DO NOTHING "
+                f"RETURNING message_id",
+                consumer,
+                unique,
+            )
+        else:
+            values = ", ".join(f"(?, ?, {d.now})" for _ in unique)
+            params: list[str] = []
+            for ident in unique:
+                params.extend((consumer, ident))
+            rows = await tx.fetch(
+                f"INSERT INTO {self.table} (consumer, message_id, handled_at) VALUES {values} "
+                f"ON CONFLICT DO NOTHING RETURNING message_id",
+                *params,
+            )
+        return {row[0] for row in rows}
 
     async def handled(self, consumer: str, message_id: str) -> bool:
         """Whether ``consumer`` has handled ``message_id``."""

@@ -16,6 +16,7 @@ __all__ = ["MemoryBroker"]
 
 @dataclass
 class _Group:
+    start: int = 0  # the first index the group sees (the topic's length for from_now)
     next_index: int = 0
     # index -> (deliveries so far, deadline of the current delivery)
     in_flight: dict[int, tuple[int, float]] = field(default_factory=dict)
@@ -49,6 +50,8 @@ class MemoryBroker(Broker):
     ) -> Published:
         if sequences is not None and len(sequences) != len(messages):
             raise BrokerError("one sequence per message")
+        for message in messages:  # a bad topic anywhere in the batch: nothing is appended
+            validate_topic(message.topic)
         new = duplicates = 0
         for i, message in enumerate(messages):
             topic = self._topic(message.topic)
@@ -65,7 +68,8 @@ class MemoryBroker(Broker):
     async def create_group(self, topic: str, group: str, *, from_now: bool = False) -> None:
         state = self._topic(topic)
         if group not in state.groups:
-            state.groups[group] = _Group(len(state.messages) if from_now else 0)
+            start = len(state.messages) if from_now else 0
+            state.groups[group] = _Group(start, start)
 
     async def consume(
         self,
@@ -136,7 +140,7 @@ class MemoryBroker(Broker):
         found = state.groups.get(group)
         if found is None:
             return len(state.messages)
-        return len(state.messages) - len(found.acked)
+        return len(state.messages) - found.start - len(found.acked)
 
     async def delete_topic(self, topic: str) -> None:
         self._topics.pop(topic, None)

@@ -239,6 +239,8 @@ class RedisBroker(Broker):
 
     async def pending(self, topic: str, group: str) -> int:
         key = self._key(topic)
+        if not await self._call(self.client.exists(key)):
+            return 0  # nothing published yet (XINFO GROUPS would fail with "no such key")
         groups = await self._call(self.client.xinfo_groups(key))
         for info in groups:
             name = info.get("name")

@@ -90,6 +90,17 @@ class _PostgresTransaction(ReadTransaction):
             raise _translate(exc) from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: nothing to reset.
+
+    asyncpg's default runs ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release: one more round trip per transaction (measured: a
+    message worker's inbox transaction is 5 round trips instead of 4). The read store's
+    own statements never change session state (its advisory locks are transaction-scoped,
+    it never LISTENs); handlers that need a setting use ``SET LOCAL``.
+    """
+
+
 class PostgresReadStore(ReadStore):
     """Read models in a PostgreSQL schema.
 
@@ -138,6 +149,7 @@ class PostgresReadStore(ReadStore):
                 timeout=10,
                 # The pool is the read store's own: the setting reaches no event appends.
                 server_settings={"synchronous_commit": "on" if self.synchronous_commit else "off"},
+                reset=_keep_session,
             )
         except Exception as exc:
             raise StoreUnavailable(f"cannot connect the read store: {exc}") from exc

@@ -1,6 +1,7 @@
 """Reusable test suites for obelisk ports: run them against your own adapters.
 
-``EventStoreContract`` holds every behaviour the EventStore port promises, as pytest tests;
+``EventStoreContract`` holds every behaviour the EventStore port promises, as pytest tests
+(``BrokerContract`` does the same for the Broker port);
 ``DurableEventStoreContract`` adds close-and-reopen durability; ``run_store_state_machine``
 checks a store against a plain Python model with hypothesis.
 
@@ -18,6 +19,7 @@ from obelisk.testing._events import (
     ContractRenamedV1,
     ContractRenamedV2,
 )
+from obelisk.testing.broker_contract import BrokerContract
 from obelisk.testing.store_contract import DurableEventStoreContract, EventStoreContract
 from obelisk.testing.store_state_machine import (
     DEFAULT_SETTINGS,
@@ -29,6 +31,7 @@ from obelisk.testing.store_state_machine import (
 __all__ = [
     "DEFAULT_SETTINGS",
     "AliasRegistry",
+    "BrokerContract",
     "ContractBase",
     "ContractDeposited",
     "ContractNoted",

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from obelisk.application import Application, Command
+from obelisk.bench.brokers import NATS_URL_ENV, REDIS_URL_ENV, BrokerKind, server_missing
 from obelisk.bench.runner import SCALE_ENV, WorkloadResult
 from obelisk.cli import app
 from obelisk.demo.bank import OpenAccount
@@ -24,7 +25,13 @@ LOADING_IDS = ["W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2
                "W2-fast-forward"]  # fmt: skip
 # W4b-partitioned runs on PostgreSQL only (see test_bench_postgres.py).
 PROJECTION_IDS = ["W4b", "rebuild", "lag"]
-WORKLOAD_IDS = [*CORE_IDS, *LOADING_IDS, "W6-observed", *PROJECTION_IDS]
+# The messaging workloads start their own broker server, when it is installed; worker-inbox
+# runs on PostgreSQL only.
+MESSAGING_SERVERS: list[tuple[str, BrokerKind]] = [
+    ("relay-redis", "redis"), ("relay-nats", "nats"), ("e2e-latency", "redis"),
+]  # fmt: skip
+MESSAGING_IDS = [workload for workload, kind in MESSAGING_SERVERS if server_missing(kind) is None]
+WORKLOAD_IDS = [*CORE_IDS, *LOADING_IDS, "W6-observed", *PROJECTION_IDS, *MESSAGING_IDS]
 REQUIRED_FIELDS = {
     "workload",
     "backend",
@@ -96,6 +103,19 @@ def test_a_quick_json_run_reports_every_workload_beside_its_raw_baseline() -> No
     assert memory["large_events"] == by_id["rebuild"]["n"] == 10 * memory["small_events"]
     assert memory["peak_rss_mb_small"] > 0 and memory["peak_rss_mb_large"] > 0
     assert memory["peak_rss_ratio"] > 0
+    # Messaging: relays aim at a rate and a ratio, the end-to-end latency at a p99.
+    for relay in {"relay-redis", "relay-nats"} & by_id.keys():
+        assert by_id[relay]["unit"] == "events/s" and by_id[relay]["n"] == 500
+        assert by_id[relay]["target_ratio"] == 0.5 and by_id[relay]["target_value"] == 50_000
+    if "e2e-latency" in by_id:
+        latency = by_id["e2e-latency"]
+        assert latency["unit"] == "ms" and latency["higher_is_better"] is False
+        assert latency["target_ratio"] is None and latency["target_value"] == 50
+        assert latency["extra"]["p99_ms"] == latency["median"]
+        assert (
+            latency["extra"]["p50_ms"] <= latency["extra"]["p99_ms"] <= latency["extra"]["max_ms"]
+        )
+        assert latency["extra"]["rate_per_s"] > 0
 
 
 def test_the_workload_option_runs_only_the_workloads_named() -> None:
@@ -133,7 +153,8 @@ def test_a_sqlite_folder_url_keeps_the_files_there_and_removes_each_after_its_ru
 
 @pytest.mark.parametrize(
     # Port 1 on loopback: nothing listens there, even where a PostgreSQL runs on 5432.
-    "store", ["postgresql://127.0.0.1:1/obelisk", "postgres", "memory://", "mysql://x"]
+    "store",
+    ["postgresql://127.0.0.1:1/obelisk", "postgres", "memory://", "mysql://x"],
 )
 def test_an_unsupported_or_unreachable_backend_is_refused_with_exit_code_2(store: str) -> None:
     result = bench("--store", store)
@@ -173,9 +194,18 @@ def test_a_run_that_loses_commands_fails_verification_with_exit_code_1(
 def test_a_time_ratio_is_raw_time_over_obelisk_time_so_higher_is_better() -> None:
     def result(higher_is_better: bool, ours: float, raw: float) -> WorkloadResult:
         return WorkloadResult(
-            workload="W0", name="x", title="x", baseline="x", backend="sqlite", unit="u",
-            higher_is_better=higher_is_better, n=1, repeat=1, samples=[ours],
-            raw_samples=[raw], target_ratio=1.0,
+            workload="W0",
+            name="x",
+            title="x",
+            baseline="x",
+            backend="sqlite",
+            unit="u",
+            higher_is_better=higher_is_better,
+            n=1,
+            repeat=1,
+            samples=[ours],
+            raw_samples=[raw],
+            target_ratio=1.0,
         )
 
     # Twice as fast as raw: 2.0 whether the unit is a rate or a time.
@@ -183,3 +213,45 @@ def test_a_time_ratio_is_raw_time_over_obelisk_time_so_higher_is_better() -> Non
     assert result(False, ours=5.0, raw=10.0).ratio_to_raw == 2.0
     assert result(False, ours=5.0, raw=10.0).meets_target
     assert not result(True, ours=50.0, raw=100.0).meets_target
+
+
+def test_a_messaging_workload_is_skipped_with_the_reason_when_its_server_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from obelisk.servers.nats import ThrowawayNats
+    from obelisk.servers.redis import ThrowawayRedis
+
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
+    monkeypatch.delenv(NATS_URL_ENV, raising=False)
+    monkeypatch.setattr(ThrowawayRedis, "binary", "no-such-redis-server")
+    monkeypatch.setattr(ThrowawayNats, "binary", "no-such-nats-server")
+
+    result = bench("-w", "W3,relay-redis,relay-nats,e2e-latency")
+
+    assert result.exit_code == 0, result.output
+    assert "W3 replay" in result.stdout
+    text = " ".join(result.stdout.split())
+    for workload in ("relay-redis", "relay-nats", "e2e-latency"):
+        assert f"{workload}: skipped" in text
+    assert "no-such-redis-server is not installed" in text and REDIS_URL_ENV in text
+
+
+@pytest.mark.skipif(server_missing("redis") is not None, reason="redis-server is not installed")
+def test_the_redis_workloads_use_the_named_server_and_leave_nothing_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import redis
+
+    from obelisk.servers.redis import ThrowawayRedis
+
+    with ThrowawayRedis() as server:
+        monkeypatch.setenv(REDIS_URL_ENV, server.url)
+
+        results = bench_json("-w", "relay-redis,e2e-latency", "--repeat", "1")
+
+        assert [r["workload"] for r in results] == ["relay-redis", "e2e-latency"]
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.keys("*") == []
+        finally:
+            client.close()

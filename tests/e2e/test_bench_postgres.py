@@ -25,6 +25,7 @@ WORKLOAD_IDS = [
     "W1", "W2", "W3", "W4", "W6", "bulk",
     "W3-snapshot", "W3-snapshot-behind", "cache-hit", "W2-cache", "W2-snapshots",
     "W2-fast-forward", "W6-observed", "W4b", "W4b-partitioned", "rebuild", "lag",
+    "relay-redis", "relay-nats", "e2e-latency", "worker-inbox",
 ]  # fmt: skip
 STABLE_FIELDS = {
     "workload",
@@ -104,6 +105,11 @@ def test_a_quick_json_run_on_postgresql_reports_every_workload_beside_raw_asyncp
     assert by_id["W4b-partitioned"]["extra"]["workers"] == 4
     assert by_id["lag"]["target_value"] == 100 and by_id["lag"]["unit"] == "ms"
     assert by_id["rebuild"]["extra"]["large_events"] == by_id["rebuild"]["n"]
+    # Messaging: the inbox worker (PostgreSQL only) is judged by its rate alone.
+    assert by_id["worker-inbox"]["unit"] == "messages/s"
+    assert by_id["worker-inbox"]["target_ratio"] is None
+    assert by_id["worker-inbox"]["target_value"] == 10_000
+    assert by_id["e2e-latency"]["extra"]["p99_ms"] == by_id["e2e-latency"]["median"]
     # Every run's schema was dropped after it (read stores and extra logs included).
     assert asyncio.run(bench_schemas(postgres_dsn)) == before
 
