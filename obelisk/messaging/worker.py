@@ -236,6 +236,16 @@ class MessageWorker:
                 outage = 0.05
                 for delivery in deliveries:
                     self._enqueue(delivery)
+        except asyncio.CancelledError:
+            # Cancelled is not stopped: end now, as a process that dies would. Handlers in
+            # flight are cancelled (an inbox transaction rolls back) and their messages stay
+            # unacknowledged: the broker delivers them again after ack_timeout. Waiting for
+            # them instead would let one stuck handler hold the cancellation forever.
+            tasks = list(self._lane_tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             # Graceful: what was taken is finished and acknowledged.
             if self._lane_tasks:
@@ -268,8 +278,22 @@ class MessageWorker:
         try:
             while lane:
                 delivery = lane[0]
-                async with self._semaphore:
-                    await self._process(delivery)
+                try:
+                    async with self._semaphore:
+                        await self._process(delivery)
+                except Exception as exc:
+                    # A dead letter that could not be published while stopping, a failing
+                    # on_dead_letter hook: the message stays unacknowledged and comes back
+                    # after ack_timeout, and so do the key's later messages, dropped here.
+                    # Left to escape, the error would end this lane with its messages still
+                    # counted as waiting: enough of those and fetching stops for good.
+                    self.errors += 1
+                    _log.warning("worker %s: message %s left for redelivery: %s",
+                                 self.consumer, delivery.message.id, exc)  # fmt: skip
+                    self._waiting -= len(lane)
+                    lane.clear()
+                    self._room.set()
+                    return
                 lane.popleft()
                 self._waiting -= 1
                 self._room.set()
@@ -292,9 +316,10 @@ class MessageWorker:
         if self._batcher is not None and await self._batcher.submit(delivery, event):
             await self._acknowledge(delivery)
             return
+        current = delivery
         while True:
             try:
-                await self._handle(delivery, event)
+                await self._handle(current, event)
                 break
             except Exception as exc:
                 if attempt >= self.max_attempts:
@@ -309,12 +334,17 @@ class MessageWorker:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 attempt += 1
+                # The handler (and its span) see which attempt this is, as a dead letter does.
+                current = Delivery(message, attempt, delivery.handle)
         await self._acknowledge(delivery)
 
     async def _acknowledge(self, delivery: Delivery) -> None:
         self._acks.append(delivery)
         if len(self._acks) >= 256:
-            await self._flush_acks()
+            try:
+                await self._flush_acks()
+            except BrokerUnavailable:
+                pass  # kept for the fetch loop's next flush; this message was handled
 
     def _decode(self, message: Message) -> Event | None:
         type_name = message.headers.get(headers.EVENT_TYPE)
@@ -386,7 +416,21 @@ class MessageWorker:
             },
         )
         _log.error("worker %s dead-letters message %s: %s", self.consumer, message.id, error)
-        await self.broker.publish([letter])
+        # In place, until the broker is back: the key's later messages wait behind this one
+        # as they wait behind its retries, so none overtakes it.
+        pause = 0.05
+        while True:
+            try:
+                await self.broker.publish([letter])
+                break
+            except BrokerUnavailable as exc:
+                if self._stopping:
+                    raise  # left unacknowledged: redelivered, and dead-lettered then
+                self.errors += 1
+                _log.warning("worker %s: dead letter not published (%s); again in %.2fs",
+                             self.consumer, exc, pause)  # fmt: skip
+                await self._pause(pause)
+                pause = min(pause * 2, 5.0)
         self.dead_lettered += 1
         if self.on_dead_letter is not None:
             await self.on_dead_letter(delivery, error)

@@ -54,11 +54,11 @@ class ReadContract(ContractBase):
                 "typed-1", [ContractOpened(owner="ada")], NO_STREAM, stream_type="Account"
             )
             await store.append("untyped-1", [ContractOpened(owner="bob")], NO_STREAM)
+            await store.append("typed-1", deposits(1, 2), 1, stream_type="Account")
             by_stream = {e.stream_id: e for e in await self.everything(store)}
-            assert by_stream["typed-1"].stream_type == "Account"
             assert by_stream["untyped-1"].stream_type is None
-            (stored,) = await store.read_stream("typed-1")
-            assert stored.stream_type == "Account"
+            stored = await store.read_stream("typed-1")
+            assert [e.stream_type for e in stored] == ["Account"] * 3
 
     @asyncio_test
     async def test_last_position_of_finds_stored_event_ids_only(self) -> None:
