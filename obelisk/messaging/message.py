@@ -22,6 +22,7 @@ __all__ = [
     "EVENT_TYPE",
     "MALFORMED",
     "POSITION",
+    "RECORDED_AT",
     "SCHEMA_VERSION",
     "STREAM_ID",
     "STREAM_VERSION",
@@ -40,6 +41,7 @@ STREAM_VERSION: Final = "obelisk-version"
 CORRELATION_ID: Final = "obelisk-correlation-id"
 CAUSATION_ID: Final = "obelisk-causation-id"
 TRACEPARENT: Final = "traceparent"
+RECORDED_AT: Final = "obelisk-recorded-at"  # the event's commit time (epoch seconds)
 MALFORMED: Final = "obelisk-malformed"  # set by adapters on entries that do not decode
 
 _TOPIC: Final = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")

@@ -53,6 +53,7 @@ def message_for(stored: StoredEvent, payload: bytes, topic: str) -> Message:
         headers.POSITION: str(stored.position),
         headers.STREAM_ID: stored.stream_id,
         headers.STREAM_VERSION: str(stored.version),
+        headers.RECORDED_AT: repr(stored.recorded_at),  # workers measure their lag by it
     }
     if stored.correlation_id is not None:
         values[headers.CORRELATION_ID] = stored.correlation_id

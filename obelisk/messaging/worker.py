@@ -37,6 +37,24 @@ from obelisk.messaging.broker import Broker
 from obelisk.messaging.message import MALFORMED, Delivery, Message, validate_topic
 from obelisk.observability.histogram import LATENCY_BUCKETS, FastHistogram
 
+LAG_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
 if TYPE_CHECKING:
     from obelisk.domain.events import Event
     from obelisk.messaging.inbox import Inbox
@@ -183,6 +201,9 @@ class MessageWorker:
         self.duplicates = 0
         self.errors = 0
         self.handler_seconds = FastHistogram(LATENCY_BUCKETS)
+        # From an event's commit to its handler's start (relayed events carry the time).
+        self.lag_seconds = FastHistogram(LAG_BUCKETS)
+        self.last_lag = 0.0
         self._batcher: _Batcher | None = None
         if inbox is not None and batch_size > 1 and tracer is None and before_handle is None:
             self._batcher = _Batcher(self, inbox, batch_size, parallel=concurrency)
@@ -383,9 +404,20 @@ class MessageWorker:
         ):
             await self._handle_once(delivery, event)
 
+    def _note_lag(self, message: Message) -> None:
+        recorded = message.headers.get(headers.RECORDED_AT)
+        if recorded is not None:
+            try:
+                lag = max(0.0, time.time() - float(recorded))
+            except ValueError:
+                return
+            self.last_lag = lag
+            self.lag_seconds.observe(lag)
+
     async def _handle_once(self, delivery: Delivery, event: Event | None) -> None:
         if self.before_handle is not None:
             await self.before_handle(delivery)
+        self._note_lag(delivery.message)
         started = time.perf_counter()
         inbox = self.inbox
         if inbox is None:
@@ -514,6 +546,7 @@ class _Batcher:
             ids = [delivery.message.id for delivery, _, _ in batch]
             new = await inbox.record_many(tx, worker.group, ids)
             for delivery, event, _ in batch:
+                worker._note_lag(delivery.message)
                 if delivery.message.id in new:
                     new.discard(delivery.message.id)  # the same id twice: handled once
                     await worker.handler(MessageContext(delivery, event, tx))

@@ -65,5 +65,19 @@ def worker_source(worker: MessageWorker) -> Callable[[], Iterator[Any]]:
         )
         histogram.add_metric(labels, worker.handler_seconds.buckets(), worker.handler_seconds.sum)
         yield histogram
+        lag = HistogramMetricFamily(
+            "obelisk_worker_lag_seconds",
+            "From an event's commit to its handler's start (relayed events).",
+            labels=["group"],
+        )
+        lag.add_metric(labels, worker.lag_seconds.buckets(), worker.lag_seconds.sum)
+        yield lag
+        last = GaugeMetricFamily(
+            "obelisk_worker_last_lag_seconds",
+            "The lag of the last message handled.",
+            labels=["group"],
+        )
+        last.add_metric(labels, worker.last_lag)
+        yield last
 
     return collect

@@ -67,3 +67,6 @@ async def test_a_handled_message_is_a_span_linked_to_the_command_that_wrote_its_
     assert samples[("obelisk_worker_handled_total", (("group", "audit"),))] == 2
     assert samples[("obelisk_worker_dead_letters_total", (("group", "audit"),))] == 0
     assert samples[("obelisk_worker_handler_seconds_count", (("group", "audit"),))] == 2
+    # Both relayed events carried their commit time: the worker measured its lag.
+    assert samples[("obelisk_worker_lag_seconds_count", (("group", "audit"),))] == 2
+    assert samples[("obelisk_worker_last_lag_seconds", (("group", "audit"),))] > 0
