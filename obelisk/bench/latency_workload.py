@@ -232,9 +232,9 @@ async def _redis_round_trips(
 ) -> tuple[list[float], float]:
     """``count`` entries XADDed at ``rate`` and consumed in a group; each one's latency
     (receipt - send time) and the seconds from the first send to the last one's return."""
-    import redis.asyncio as aioredis
+    from obelisk.messaging.redis import redis_client
 
-    client: Any = aioredis.from_url(url)
+    client: Any = redis_client(url)
     latencies: list[float] = []
     try:
         await client.xgroup_create(key, "e2e", id="0", mkstream=True)

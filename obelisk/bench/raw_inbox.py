@@ -53,12 +53,13 @@ async def handle_inbox(
     """Handle every payment once; ``result`` is ``(balances, inbox rows, unacknowledged)``
     afterwards. The read schema (beside ``site``) and the stream are removed after."""
     import asyncpg
-    import redis.asyncio as aioredis
+
+    from obelisk.messaging.redis import redis_client
 
     read = site.beside("inbox")
     schema = f'"{read.location}"'
     await read.discard()
-    client = aioredis.from_url(url)
+    client = redis_client(url)
     conns: list[Any] = []
     try:
         for _ in range(concurrency):

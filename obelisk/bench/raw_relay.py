@@ -91,10 +91,10 @@ class RowReader:
 async def relay_redis(site: Site, url: str, key: str, page: int) -> Sample:
     """Publish every row of ``site``'s log to the Redis stream ``key``; ``result`` is the
     stream's length afterwards (the stream and its checkpoint key are deleted)."""
-    import redis.asyncio as aioredis
+    from obelisk.messaging.redis import redis_client
 
     encode = msgspec.msgpack.Encoder().encode
-    client = aioredis.from_url(url)
+    client = redis_client(url)
     reader = await RowReader.open(site)
     published = 0
     try:

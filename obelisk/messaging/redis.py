@@ -24,7 +24,7 @@ from obelisk.errors import BrokerError, BrokerUnavailable
 from obelisk.messaging.broker import Broker, Published, TopicMessage
 from obelisk.messaging.message import MALFORMED, Delivery, Message, validate_topic
 
-__all__ = ["MALFORMED", "RedisBroker"]
+__all__ = ["MALFORMED", "RedisBroker", "redis_client"]
 
 _MAX_EXACT: Final = 2**53  # Lua numbers are doubles: sequences above this would round
 
@@ -51,6 +51,18 @@ def _unavailable(exc: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(f"redis: {exc}")
 
 
+def redis_client(url: str, *, max_connections: int = 64) -> Any:
+    """A redis-py asyncio client whose pool *waits* for a free connection when all are in
+    use (the default pool fails with MaxConnectionsError: a burst of concurrent publishes
+    or a slow event loop would turn into errors)."""
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30
+    )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
 class RedisBroker(Broker):
     """Args:
     url: ``redis://host:port/db``.
@@ -59,8 +71,9 @@ class RedisBroker(Broker):
 
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "obelisk:") -> None:
+    def __init__(self, url: str, *, prefix: str = "obelisk:", max_connections: int = 64) -> None:
         self.url = url
+        self.max_connections = max_connections
         self.prefix = prefix
         self._client: Any = None
         self._claimed_at: dict[tuple[str, str], float] = {}
@@ -74,9 +87,7 @@ class RedisBroker(Broker):
     async def open(self) -> None:
         if self._client is not None:
             return
-        import redis.asyncio as aioredis
-
-        self._client = aioredis.from_url(self.url, decode_responses=False)
+        self._client = redis_client(self.url, max_connections=self.max_connections)
         await self._call(self._client.ping())
 
     async def close(self) -> None:
