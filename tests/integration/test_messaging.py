@@ -125,6 +125,7 @@ async def test_the_relay_publishes_every_event_once_in_position_order_with_subje
                 headers.POSITION: str(stored.position),
                 headers.STREAM_ID: stored.stream_id,
                 headers.STREAM_VERSION: str(stored.version),
+                headers.RECORDED_AT: repr(stored.recorded_at),
             }
             if stored.correlation_id is not None:
                 expected[headers.CORRELATION_ID] = stored.correlation_id
