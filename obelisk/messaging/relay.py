@@ -41,12 +41,16 @@ if TYPE_CHECKING:
 __all__ = ["OutboxRelay", "message_for"]
 
 UNKNOWN_TYPE = "unknown"
+_MAX_KNOWN_TYPES = 100_000
 
 
-def message_for(stored: StoredEvent, payload: bytes, topic: str) -> Message:
-    """The broker message of one stored event."""
+def message_for(
+    stored: StoredEvent, payload: bytes, topic: str, stream_type: str | None = None
+) -> Message:
+    """The broker message of one stored event (``stream_type``: its aggregate type, when the
+    event itself does not carry it)."""
     event = stored.event
-    stream_type = stored.stream_type or UNKNOWN_TYPE
+    stream_type = stored.stream_type or stream_type or UNKNOWN_TYPE
     values = {
         headers.EVENT_TYPE: event.event_type,
         headers.SCHEMA_VERSION: str(event.schema_version),
@@ -129,6 +133,7 @@ class OutboxRelay(ProjectionRunner):
         self.published = 0
         self.duplicates = 0
         self.publish_seconds = 0.0
+        self._types_seen: dict[str, str | None] = {}
 
     def topic_of(self, stream_id: str) -> str:
         if self.topic_partitions == 1:
@@ -148,7 +153,11 @@ class OutboxRelay(ProjectionRunner):
             encode = self.store.codec.encode
             accept = self.accept
             chosen = [e for e in events if accept is None or accept(e)]
-            messages = [message_for(e, encode(e.event), self.topic_of(e.stream_id)) for e in chosen]
+            types = await self._stream_types(chosen)
+            messages = [
+                message_for(e, encode(e.event), self.topic_of(e.stream_id), types.get(e.stream_id))
+                for e in chosen
+            ]
             started = time.perf_counter()
             # Published before the checkpoint moves: a crash between the two republishes
             # the page, and the sequences make the broker drop the copies.
@@ -162,6 +171,27 @@ class OutboxRelay(ProjectionRunner):
             if not await read_store.advance(tx, claim, target, self.lease_seconds, last_event_at):
                 raise _Fenced
         self._after_commit(events, target, len(events), 0.0)
+
+    async def _stream_types(self, events: Sequence[StoredEvent]) -> dict[str, str | None]:
+        """The aggregate type of each stream in ``events``. Stores write it on a stream's
+        first event only (no bytes on every row of the write path), so the relay remembers
+        what it saw and reads a stream's first event for one it has not (after a restart)."""
+        known = self._types_seen
+        for stored in events:
+            if stored.stream_type is not None:
+                known[stored.stream_id] = stored.stream_type
+        out: dict[str, str | None] = {}
+        for stored in events:
+            sid = stored.stream_id
+            if sid in out:
+                continue
+            if sid not in known:
+                if len(known) >= _MAX_KNOWN_TYPES:
+                    known.clear()  # bounded; refilled from first events and lookups
+                first = await self.store.read_stream(sid, from_version=1, to_version=1)
+                known[sid] = first[0].stream_type if first else None
+            out[sid] = known[sid]
+        return out
 
     def describe(self) -> dict[str, Any]:
         """Counters for status output."""

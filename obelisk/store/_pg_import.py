@@ -142,7 +142,7 @@ async def _import_chunk(
                     (base + len(records), part.stream_id, version, event.event_id,
                      event.type_name, event.schema_version, event.data, now,
                      part.correlation_id, part.causation_id,
-                     part.stream_type, part.trace_context)
+                     part.stream_type if version == 1 else None, part.trace_context)
                 )  # fmt: skip
             heads[part.stream_id] = version
         await conn.copy_records_to_table(

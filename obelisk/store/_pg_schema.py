@@ -224,7 +224,7 @@ WITH parts AS (
     INSERT INTO {n.events} ({columns})
     SELECT base.b + r.idx, r.s, r.actual + r.step, r.id, r.et, r.sv, r.data,
            extract(epoch FROM statement_timestamp()), r.c, r.k,
-           r.t, r.r
+           CASE WHEN r.actual + r.step = 1 THEN r.t END, r.r
     FROM rows r, base
     RETURNING 1
 )
@@ -246,7 +246,7 @@ WITH parts AS (
     INSERT INTO {n.events} ({columns})
     SELECT base.b + d.ord - 1, d.s, d.actual + 1, d.id, d.et, d.sv, d.data,
            extract(epoch FROM statement_timestamp()), d.c, d.k,
-           d.t, d.r
+           CASE WHEN d.actual = 0 THEN d.t END, d.r
     FROM judged d, base
     WHERE d.ok
     RETURNING 1
@@ -257,7 +257,8 @@ ORDER BY d.ord"""
     flat_follow = f"""
 INSERT INTO {n.events} ({columns})
 SELECT base.b + u.ord - 1, u.s, u.e + 1, u.id, u.et, coalesce(u.sv, 1), u.data,
-       extract(epoch FROM statement_timestamp()), u.c, u.k, u.t, u.r
+       extract(epoch FROM statement_timestamp()), u.c, u.k, CASE WHEN u.e = 0 THEN u.t END,
+       u.r
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::uuid[],
             $7::text[], $8::integer[], $9::bytea[], $10::text[])
      WITH ORDINALITY AS u(s, e, t, c, k, id, et, sv, data, r, ord),
@@ -268,7 +269,7 @@ RETURNING position"""
 INSERT INTO {n.events} ({columns})
 SELECT {position} + ev.ord - 1, $1, h.v + ev.ord, ev.id, ev.et, ev.sv, ev.data,
        extract(epoch FROM statement_timestamp()), $4, $5,
-       $3::text, $10
+       CASE WHEN h.v + ev.ord = 1 THEN $3 END, $10
 FROM (SELECT {head.format(stream="$1::text")} AS v) h,
      unnest($6::uuid[], $7::text[], $8::integer[], $9::bytea[])
          WITH ORDINALITY AS ev(id, et, sv, data, ord)
@@ -277,14 +278,14 @@ RETURNING position, version"""
     single = f"""
 INSERT INTO {n.events} ({columns})
 SELECT {position}, $1, h.v + 1, $6, $7, $8, $9,
-       extract(epoch FROM statement_timestamp()), $4, $5, $3::text, $10
+       extract(epoch FROM statement_timestamp()), $4, $5, CASE WHEN h.v = 0 THEN $3 END, $10
 FROM (SELECT {head.format(stream="$1::text")} AS v) h
 WHERE $2::bigint = -1 OR $2::bigint = h.v
 RETURNING position, version"""
     follow = f"""
 INSERT INTO {n.events} ({columns})
 VALUES ({position}, $1, $9::bigint + 1, $2, $3, $4, $5, extract(epoch FROM statement_timestamp()),
-        $6, $7, $8, $10)
+        $6, $7, CASE WHEN $9::bigint = 0 THEN $8 END, $10)
 ON CONFLICT (stream_id, version) DO NOTHING
 RETURNING position"""
     return AppendStatements(batch, flat, flat_follow, solo, single, follow)

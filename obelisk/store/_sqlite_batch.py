@@ -218,9 +218,8 @@ def _stage(
             continue
         sid = part.stream_id
         version = batch.heads[sid]
-        # Every event carries its aggregate's type (as given by the append): the relay
-        # names subjects by it, and readers get it without a lookup.
-        stream_type = part.stream_type
+        # The stream's type rides on its first event only (NULL costs no space).
+        stream_type = part.stream_type if version == 0 else None
         first = position
         correlation, causation, trace = part.correlation_id, part.causation_id, part.trace_context
         for encoded in part.events:
@@ -230,6 +229,7 @@ def _stage(
                  encoded.schema_version, encoded.data, now, correlation, causation,
                  stream_type, trace)
             )
+            stream_type = None
             if part.ids_given:
                 batch.ids[encoded.event_id] = (sid, version, position)
             position += 1

@@ -119,7 +119,9 @@ class StoredEvent(msgspec.Struct, frozen=True):
     correlation_id: str | None = None
     causation_id: str | None = None
     trace_context: str | None = None
-    stream_type: str | None = None  # the aggregate type, when the append named it
+    # The aggregate type named by the stream's first append: on its first event (stores
+    # may repeat it on later ones); None when the append named none.
+    stream_type: str | None = None
 
     @property
     def event_id(self) -> UUID:

@@ -46,7 +46,7 @@ from obelisk.messaging.worker import (
 )
 from obelisk.observability import Observer
 from obelisk.observability.tracing import obelisk_tracer
-from obelisk.projections import ReadStore, partition_of
+from obelisk.projections import ReadStore, partition_of, read_store_from_url
 from obelisk.projections._sqlite_read import SQLiteReadStore
 from obelisk.store import SQLiteEventStore
 
@@ -675,3 +675,24 @@ async def test_a_command_issued_by_a_handler_carries_the_correlation_and_is_caus
         relayed = {m.key: m for m in (await read_topic(broker, names.topic))[2:]}
         assert relayed["a"].headers[headers.CORRELATION_ID] == "signup-7"
         assert relayed["a"].headers[headers.CAUSATION_ID] == opened["a"].id
+
+
+async def test_a_relay_started_past_a_streams_first_event_still_names_its_aggregate_type(
+    tmp_path: Path,
+) -> None:
+    """Stores write the aggregate type on a stream's first event only; a relay that starts
+    after it (restarted from a checkpoint) looks the type up instead of publishing
+    ``unknown.<event type>``."""
+    from obelisk.demo.bank import Deposit, OpenAccount, register_bank_handlers
+    from obelisk.messaging.memory import MemoryBroker
+
+    app = register_bank_handlers(Application(f"sqlite:///{tmp_path / 'events.db'}"))
+    broker = MemoryBroker()
+    async with app, read_store_from_url(f"sqlite:///{tmp_path / 'read.db'}") as read_store:
+        await app.handle(OpenAccount(account_id="acc", owner="ada"))
+        await OutboxRelay(app.store, read_store, broker).run_until_caught_up()
+        await app.handle(Deposit(account_id="acc", amount=3))
+        # A new relay object: what the first one saw is gone, as after a restart.
+        await OutboxRelay(app.store, read_store, broker).run_until_caught_up()
+    subjects = [entry.message.subject for entry in await broker.read("events")]
+    assert subjects == ["Account.bank.AccountOpened", "Account.bank.MoneyDeposited"]
