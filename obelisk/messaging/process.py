@@ -94,8 +94,12 @@ class ProcessManager(Projection):
     """A projection that schedules commands; see the module docstring.
 
     The scheduled-commands table must exist before the runner starts
-    (:meth:`CommandScheduler.open` creates it, or :func:`ensure_scheduled_table`).
+    (:meth:`CommandScheduler.open` creates it, or :func:`ensure_scheduled_table`). Process
+    managers are never rebuilt (a replay would schedule commands that were replaced or
+    cancelled since): give a changed one a new name.
     """
+
+    rebuildable = False
 
     async def schedule(
         self,
@@ -236,6 +240,7 @@ class CommandScheduler:
         """Send due commands until :meth:`stop`."""
         await self.open()
         while not self._stopping:
+            self._wake.clear()  # before looking: a wake-up during the send is not lost
             try:
                 sent = await self.send_due()
             except StoreUnavailable as exc:
@@ -243,7 +248,6 @@ class CommandScheduler:
                 sent = 0
             if sent:
                 continue
-            self._wake.clear()
             try:
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()

@@ -4,8 +4,9 @@
   was dead-lettered). A worker that dies leaves its messages unacknowledged; the broker
   delivers them again after the group's ``ack_timeout``.
 * **Per-key ordering**: messages with one key (a stream id) are handled one at a time, in
-  order; different keys in parallel, at most ``concurrency`` handlers at once. Fetching
-  pauses while ``4 x concurrency`` messages are waiting (backpressure).
+  order; different keys in parallel, at most ``concurrency`` handlers (or, with batched
+  inbox transactions, ``concurrency`` batches) at once. Fetching pauses while ``4 x`` that
+  many messages are waiting (backpressure).
 * **Retries**: a failing handler is retried in place — its key's later messages wait —
   with exponential backoff and jitter, up to ``max_attempts``; then the message goes to
   the dead-letter topic (``dlq.<group>``) with the error, and is acknowledged.
@@ -212,6 +213,7 @@ class MessageWorker:
         else:
             self._lane_limit = concurrency
         self._semaphore = asyncio.Semaphore(self._lane_limit)
+        self._one_by_one = asyncio.Semaphore(concurrency)
         self._lanes: dict[str, deque[Delivery]] = {}
         self._lane_tasks: set[asyncio.Task[None]] = set()
         self._waiting = 0
@@ -228,17 +230,23 @@ class MessageWorker:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`. Broker outages are retried with backoff."""
-        await self.broker.create_group(self.topic, self.group)
         limit = 4 * self._lane_limit
         outage = 0.05
+        created = False
         try:
             while not self._stopping:
                 if self._waiting >= limit:
                     self._room.clear()
-                    await self._flush_acks()
+                    try:
+                        await self._flush_acks()
+                    except BrokerUnavailable:
+                        pass  # the acks stay queued for the next flush
                     await self._room.wait()
                     continue
                 try:
+                    if not created:
+                        await self.broker.create_group(self.topic, self.group)
+                        created = True
                     await self._flush_acks()
                     deliveries = await self.broker.consume(
                         self.topic,
@@ -262,10 +270,13 @@ class MessageWorker:
             # flight are cancelled (an inbox transaction rolls back) and their messages stay
             # unacknowledged: the broker delivers them again after ack_timeout. Waiting for
             # them instead would let one stuck handler hold the cancellation forever.
-            tasks = list(self._lane_tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._batcher is not None:
+                self._batcher.close()  # no new batch starts for lanes being cancelled
+            while self._lane_tasks:
+                tasks = list(self._lane_tasks)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
             # Graceful: what was taken is finished and acknowledged.
@@ -333,10 +344,19 @@ class MessageWorker:
         if reason is not None:
             await self._dead_letter(delivery, f"malformed: {reason}", delivery.attempt)
             return
-        attempt = delivery.attempt
-        if self._batcher is not None and await self._batcher.submit(delivery, event):
-            await self._acknowledge(delivery)
+        if self._batcher is not None:
+            if await self._batcher.submit(delivery, event):
+                await self._acknowledge(delivery)
+                return
+            # One by one, at most `concurrency` at once (the lanes' limit is for batching).
+            async with self._one_by_one:
+                await self._one_at_a_time(delivery, event)
             return
+        await self._one_at_a_time(delivery, event)
+
+    async def _one_at_a_time(self, delivery: Delivery, event: Event | None) -> None:
+        message = delivery.message
+        attempt = delivery.attempt
         current = delivery
         while True:
             try:
@@ -495,6 +515,16 @@ class _Batcher:
         self.running = 0
         self._queue: list[tuple[Delivery, Event | None, asyncio.Future[bool]]] = []
         self._scheduled = False
+        self._closed = False
+
+    def close(self) -> None:
+        """Start no more batches; queued submissions go the one-by-one way (or nowhere,
+        when their lanes are cancelled)."""
+        self._closed = True
+        queued, self._queue = self._queue, []
+        for _, _, future in queued:
+            if not future.done():
+                future.set_result(False)
 
     def submit(self, delivery: Delivery, event: Event | None) -> asyncio.Future[bool]:
         """A future: True when handled (or a duplicate) in a batch, False to go it alone."""
@@ -508,7 +538,8 @@ class _Batcher:
 
     def _start(self) -> None:
         self._scheduled = False
-        while self._queue and self.running < self.parallel:
+        self._queue = [item for item in self._queue if not item[2].done()]
+        while self._queue and self.running < self.parallel and not self._closed:
             batch, self._queue = self._queue[: self.size], self._queue[self.size :]
             self.running += 1
             task = asyncio.create_task(self._run(batch))
@@ -545,14 +576,18 @@ class _Batcher:
         async with inbox.read_store.transaction() as tx:
             ids = [delivery.message.id for delivery, _, _ in batch]
             new = await inbox.record_many(tx, worker.group, ids)
+            handled = duplicates = 0
             for delivery, event, _ in batch:
                 worker._note_lag(delivery.message)
                 if delivery.message.id in new:
                     new.discard(delivery.message.id)  # the same id twice: handled once
                     await worker.handler(MessageContext(delivery, event, tx))
-                    worker.handled += 1
+                    handled += 1
                 else:
-                    worker.duplicates += 1
+                    duplicates += 1
+        # Counted once committed: a batch that rolls back is handled again one by one.
+        worker.handled += handled
+        worker.duplicates += duplicates
 
 
 async def replay_dead_letters(

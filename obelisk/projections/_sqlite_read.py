@@ -108,6 +108,7 @@ class SQLiteReadStore(ReadStore):
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on the one connection
+        self._owner: asyncio.Task[object] | None = None  # the task holding it (re-entry check)
 
     def __repr__(self) -> str:
         return f"SQLiteReadStore({self.path!r})"
@@ -171,20 +172,39 @@ class SQLiteReadStore(ReadStore):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
+        task = asyncio.current_task()
+        if self._lock.locked() and self._owner is not None and self._owner is task:
+            # One connection, one transaction at a time: waiting here would wait forever.
+            raise StoreError(
+                f"{self!r}: a transaction is already open in this task (a handler that "
+                "opens its own read-store transaction inside the batch's or the inbox's: "
+                "use the transaction it was given, ctx.tx / ctx.execute)"
+            )
         async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise StoreClosed(f"{self!r} is not open")
-            tx = _SQLiteTransaction(self, conn)
+            self._owner = task
             try:
-                yield tx
-            except BaseException:
-                if tx.begun:
-                    conn.execute("ROLLBACK")
-                raise
+                async with self._begun() as tx:
+                    yield tx
+            finally:
+                self._owner = None
+
+    @asynccontextmanager
+    async def _begun(self) -> AsyncIterator[_SQLiteTransaction]:
+        """A transaction on the connection (the caller holds the lock): committed on a clean
+        exit, rolled back on an exception."""
+        conn = self._conn
+        if conn is None:
+            raise StoreClosed(f"{self!r} is not open")
+        tx = _SQLiteTransaction(self, conn)
+        try:
+            yield tx
+        except BaseException:
             if tx.begun:
-                try:
-                    conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    conn.execute("ROLLBACK")
-                    raise StoreError(f"read store commit failed: {exc}") from exc
+                conn.execute("ROLLBACK")
+            raise
+        if tx.begun:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"read store commit failed: {exc}") from exc

@@ -154,6 +154,9 @@ class Projection:
     name: ClassVar[str]
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[Table, ...]] = ()
+    # False for projections with effects outside their tables (process managers): a
+    # rebuild would replay those effects, so it is refused.
+    rebuildable: ClassVar[bool] = True
     _handler_names: ClassVar[dict[type[Event], str]] = {}
     _async_handlers: ClassVar[frozenset[str]] = frozenset()
 

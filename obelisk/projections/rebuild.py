@@ -102,6 +102,12 @@ async def rebuild(
     from obelisk.projections.runner import ProjectionBusy, ProjectionRunner
 
     cls = type(projection)
+    if not cls.rebuildable:
+        raise ObeliskError(
+            f"{cls.__qualname__} is not rebuilt from the log: its handlers have effects "
+            "outside its tables (scheduled commands) that a replay would repeat. Deploy a "
+            "changed one under a new name instead of a new version."
+        )
     state = await read_store.register(cls.name, cls.version, partitions, cls.tables)
     if state.version > cls.version:
         raise ObeliskError(
@@ -154,7 +160,17 @@ async def rebuild(
     async def switch(tx: ReadTransaction, position: int) -> None:
         await read_store.switch(tx, cls.name, cls.version, cls.tables, generation, position)
 
-    await runner.run_until_caught_up(on_caught_up=switch)
+    while True:
+        # Between the phases the lease was free: another rebuilder may have finished the
+        # build meanwhile (then this one must not touch the now-live generation).
+        current = await read_store.state(cls.name)
+        if current is None or current.building_generation != generation:
+            return current.live_generation if current is not None else generation
+        try:
+            await runner.run_until_caught_up(on_caught_up=switch)
+            break
+        except ProjectionBusy:
+            await asyncio.sleep(min(1.0, lease_seconds / 3))
     if retired != generation:
         await read_store.drop_generation(cls.name, cls.tables, retired)
     return generation

@@ -130,6 +130,11 @@ class ProjectionWorker:
             lease_seconds=self.lease_seconds,
         )
         workers = await self.read_store.heartbeat(self.name, self.worker_id, self.lease_seconds)
+        if state.paused:
+            # Paused: every commit would be fenced off; hold nothing and wait for resume.
+            for runner in self.runners.values():
+                runner.stop()
+            return
         share = fair_share(self.partitions, workers)
         if self.max_partitions is not None:
             share = min(share, self.max_partitions)

@@ -142,3 +142,28 @@ def test_a_job_worker_is_a_message_worker_on_the_jobs_topic(tmp_path: Path) -> N
     worker = queue.worker(group="thumbnails")
     assert isinstance(worker, MessageWorker)
     assert (worker.topic, worker.group, worker.inbox is not None) == ("jobs", "thumbnails", True)
+
+
+async def test_a_handler_opening_its_own_sqlite_transaction_fails_clearly_not_forever(
+    tmp_path: Path,
+) -> None:
+    """On SQLite the read store has one connection: a job handler that enqueues another job
+    (a transaction of its own inside the inbox's) is told so, instead of waiting forever."""
+    broker = MemoryBroker()
+    async with read_store_from_url(f"sqlite:///{tmp_path / 'read.db'}") as read_store:
+        queue = JobQueue(broker, read_store)
+
+        @queue.handles(Resize)
+        async def chain(job: Resize, ctx: MessageContext) -> None:
+            await queue.enqueue(Flaky(fail_times=0))
+
+        worker = queue.worker(max_attempts=1, fetch_wait=0.05)
+        task = asyncio.create_task(worker.run())
+        try:
+            job_id = await queue.enqueue(Resize(image="a", width=1))
+            status = await queue.wait(job_id, timeout=WAIT)
+        finally:
+            worker.stop()
+            await task
+    assert status.state == "failed"
+    assert status.error is not None and "already open in this task" in status.error

@@ -258,3 +258,15 @@ async def test_the_same_idempotency_key_twice_records_the_events_once(tmp_path: 
         assert await events_of(app, "h6") == ["HoldPlaced", "HoldPaid"]
         # The cached aggregate was not left with the payment applied twice.
         assert (await app.get(Hold, "h6")).state == "paid"
+
+
+async def test_a_process_manager_is_never_rebuilt(tmp_path: Path) -> None:
+    from obelisk.errors import ObeliskError
+    from obelisk.projections import rebuild
+
+    async with opened((f"sqlite:///{tmp_path / 'e.db'}", f"sqlite:///{tmp_path / 'r.db'}")) as (
+        app,
+        read_store,
+    ):
+        with pytest.raises(ObeliskError, match="is not rebuilt from the log"):
+            await rebuild(Holds(), app.store, read_store)
