@@ -69,7 +69,7 @@ class Context:
     first, so the SQL sees them. Use :meth:`table` for a table's name in this generation.
     """
 
-    __slots__ = ("_changes", "_names", "_tx", "stored")
+    __slots__ = ("_changes", "_invalidated", "_names", "_tx", "stored")
 
     def __init__(
         self,
@@ -80,6 +80,7 @@ class Context:
         self._tx = tx
         self._changes = changes
         self._names = names
+        self._invalidated: list[str] = []
         self.stored: StoredEvent
 
     @property
@@ -109,6 +110,11 @@ class Context:
     def delete(self, table: Table, key: Any) -> None:
         """Delete the row ``key`` (nothing happens if there is none)."""
         self._changeset(table).delete(key)
+
+    def invalidate(self, *tags: str) -> None:
+        """Drop cached query results built from ``tags`` once this batch has committed
+        (the runner's ``invalidate`` callback, e.g. a :class:`~obelisk.caching.QueryCache`)."""
+        self._invalidated.extend(tags)
 
     def table(self, table: Table) -> str:
         """The quoted (qualified) name of ``table``'s storage in the generation being written."""

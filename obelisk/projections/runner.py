@@ -117,6 +117,8 @@ class ProjectionRunner:
         owner: this runner's id in the lease table (a fresh one by default).
         tracer: an OpenTelemetry tracer (:func:`~obelisk.observability.obelisk_tracer`):
             one span per batch, linked to the traced commands that wrote its events.
+        invalidate: called with the tags handlers passed to ``ctx.invalidate`` once their
+            batch has committed (``QueryCache.invalidate``).
     """
 
     # Faults that pass (a lost connection, a locked file): retried with backoff. Anything
@@ -137,6 +139,7 @@ class ProjectionRunner:
         poll_interval: float = 1.0,
         owner: str | None = None,
         tracer: Any = None,
+        invalidate: Callable[..., object] | None = None,
     ) -> None:
         if not isinstance(projection, Projection):
             raise ValidationError(f"expected a Projection instance, got {projection!r}")
@@ -152,6 +155,7 @@ class ProjectionRunner:
             raise ValidationError("lease_seconds and poll_interval must be > 0")
         self.projection = projection
         self.tracer = tracer
+        self.invalidate = invalidate
         self.name = type(projection).name
         self.store = store
         self.read_store = read_store
@@ -594,6 +598,9 @@ class ProjectionRunner:
             if on_caught_up is not None:
                 await on_caught_up(tx, target)
         letters.clear()
+        if ctx._invalidated and self.invalidate is not None:
+            # After the commit: a query reloading now reads the batch's rows.
+            self.invalidate(*dict.fromkeys(ctx._invalidated))
         self._after_commit(events, target, applied, started)
 
     def _after_commit(
