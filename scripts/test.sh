@@ -48,7 +48,7 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
 echo "== ruff"
-.venv/bin/ruff check obelisk tests
+.venv/bin/ruff check obelisk examples tests
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"

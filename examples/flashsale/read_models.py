@@ -1,0 +1,99 @@
+"""The flash sale's read side: availability per section, orders per customer, and the
+reservation process (expiry at a deadline unless paid).
+
+``Availability`` is what buyers poll; its batches invalidate the cached availability of the
+sections they changed (``ctx.invalidate``). ``Orders`` lists a customer's reservations with
+keyset pagination over ``(customer_id, reservation_id)``. ``Expiries`` is the process
+manager: a placed reservation gets an expiry deadline; paying cancels it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from examples.flashsale.domain import (
+    Expire,
+    ReservationExpired,
+    ReservationPaid,
+    ReservationPlaced,
+    SeatsHeld,
+    SeatsReleased,
+    SeatsSold,
+    SectionOpened,
+)
+from obelisk.messaging.process import ProcessManager
+from obelisk.projections import Context, Index, Projection, Table, handles
+
+__all__ = ["Availability", "Expiries", "Orders"]
+
+
+class Availability(Projection):
+    name = "flashsale_availability"
+    sections = Table(
+        "availability",
+        {"section_id": "text", "sale_id": "text", "name": "text", "stock": "integer",
+         "held": "integer", "sold": "integer"},
+        key="section_id",
+        indexes=[Index("sale_id", "section_id")],
+    )  # fmt: skip
+
+    @handles(SectionOpened)
+    def opened(self, event: SectionOpened, ctx: Context) -> None:
+        ctx.upsert(self.sections, section_id=ctx.stream_id, sale_id=event.sale_id,
+                   name=event.name, stock=event.stock, held=0, sold=0)  # fmt: skip
+        ctx.invalidate(f"section:{ctx.stream_id}")
+
+    @handles(SeatsHeld)
+    def held(self, event: SeatsHeld, ctx: Context) -> None:
+        ctx.add(self.sections, ctx.stream_id, held=event.seats)
+        ctx.invalidate(f"section:{ctx.stream_id}")
+
+    @handles(SeatsReleased)
+    def released(self, event: SeatsReleased, ctx: Context) -> None:
+        ctx.add(self.sections, ctx.stream_id, held=-event.seats)
+        ctx.invalidate(f"section:{ctx.stream_id}")
+
+    @handles(SeatsSold)
+    def sold(self, event: SeatsSold, ctx: Context) -> None:
+        ctx.add(self.sections, ctx.stream_id, held=-event.seats, sold=event.seats)
+        ctx.invalidate(f"section:{ctx.stream_id}")
+
+
+class Orders(Projection):
+    name = "flashsale_orders"
+    orders = Table(
+        "orders",
+        {"reservation_id": "text", "customer_id": "text", "section_id": "text",
+         "seats": "integer", "state": "text"},
+        key="reservation_id",
+        indexes=[Index("customer_id", "reservation_id")],
+    )  # fmt: skip
+
+    @handles(ReservationPlaced)
+    def placed(self, event: ReservationPlaced, ctx: Context) -> None:
+        ctx.upsert(self.orders, reservation_id=ctx.stream_id, customer_id=event.customer_id,
+                   section_id=event.section_id, seats=event.seats, state="held")  # fmt: skip
+
+    @handles(ReservationPaid)
+    def paid(self, event: ReservationPaid, ctx: Context) -> None:
+        ctx.upsert(self.orders, reservation_id=ctx.stream_id, state="paid")
+
+    @handles(ReservationExpired)
+    def expired(self, event: ReservationExpired, ctx: Context) -> None:
+        ctx.upsert(self.orders, reservation_id=ctx.stream_id, state="expired")
+
+
+class Expiries(ProcessManager):
+    """Expire a reservation ``hold_seconds`` after it was placed, unless it is paid."""
+
+    name = "flashsale_expiries"
+    hold_seconds: ClassVar[float] = 600.0
+
+    @handles(ReservationPlaced)
+    async def placed(self, event: ReservationPlaced, ctx: Context) -> None:
+        await self.schedule(ctx, "expire", Expire(reservation_id=ctx.stream_id),
+                            after=self.hold_seconds)  # fmt: skip
+
+    @handles(ReservationPaid)
+    async def paid(self, event: ReservationPaid, ctx: Context) -> None:
+        await self.cancel(ctx, "expire")
