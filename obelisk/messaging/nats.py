@@ -50,6 +50,7 @@ _log = logging.getLogger(__name__)
 _decoder = msgspec.msgpack.Decoder(Message)
 _DEFAULT_ACK_WAIT: Final = 30.0
 _READ_WINDOW: Final = 256  # direct gets in flight at once
+_SUBJECTS_OVERLAP: Final = 10065  # "subjects overlap with an existing stream"
 _STREAM_NAME_IN_USE: Final = 10058  # "stream name already in use with a different configuration"
 
 
@@ -182,11 +183,17 @@ class NatsBroker(Broker):
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:  # e.g. subjects overlap another stream
+            if exc.err_code not in (_STREAM_NAME_IN_USE, _SUBJECTS_OVERLAP):
                 raise BrokerError(f"nats refused stream {stream!r}: {exc.description}") from exc
-            # It exists with another configuration (an operator tuned limits or replicas):
-            # use it if it holds this topic's subjects.
-            info = await js.stream_info(stream)
+            # It exists with another configuration (an operator tuned limits or replicas),
+            # or another process created it a moment ago (the server then says the
+            # subjects overlap): use it if it holds this topic's subjects.
+            try:
+                info = await js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                raise BrokerError(
+                    f"nats refused stream {stream!r}: {exc.description}"
+                ) from exc
             if subjects not in (info.config.subjects or []):
                 raise BrokerError(
                     f"nats stream {stream!r} exists but does not hold {subjects!r}"

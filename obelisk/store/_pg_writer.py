@@ -66,6 +66,9 @@ _KNOWN_HEADS = 100_000
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
+    # "cannot switch to state N; another operation is in progress": the connection's
+    # protocol was left mid-operation by a server going away; it is unusable, not a data error.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
