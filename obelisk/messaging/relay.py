@@ -31,7 +31,7 @@ from obelisk.messaging.broker import Broker
 from obelisk.messaging.message import Message, validate_topic
 from obelisk.projections.projection import Projection
 from obelisk.projections.readstore import Claim, DeadLetter, ReadStore
-from obelisk.projections.runner import OnCaughtUp, ProjectionRunner, _Fenced, partition_of
+from obelisk.projections.runner import OnCaughtUp, ProjectionRunner, partition_of
 from obelisk.projections.tables import Table
 
 if TYPE_CHECKING:
@@ -165,11 +165,8 @@ class OutboxRelay(ProjectionRunner):
             self.publish_seconds += time.perf_counter() - started
             self.published += result.new
             self.duplicates += result.duplicates
-        read_store = self.read_store
-        async with read_store.transaction() as tx:
-            last_event_at = events[-1].recorded_at if events else None
-            if not await read_store.advance(tx, claim, target, self.lease_seconds, last_event_at):
-                raise _Fenced
+        async with self.read_store.transaction() as tx:
+            await self._advance(tx, claim, target, events)
         self._after_commit(events, target, len(events), 0.0)
 
     async def _stream_types(self, events: Sequence[StoredEvent]) -> dict[str, str | None]:

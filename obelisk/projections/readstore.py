@@ -350,15 +350,7 @@ class ReadStore(abc.ABC):
                 return state.building_generation
             generation = state.live_generation + 1
             # Leftovers of an abandoned build of this number are not trusted.
-            for table in tables:
-                await tx.execute(f"DROP TABLE IF EXISTS {self.physical(table, generation)}")
-            await tx.execute(
-                self.dialect.sql(
-                    f"DELETE FROM {self._checkpoints} WHERE name = ? AND generation = ?"
-                ),
-                name,
-                generation,
-            )
+            await self._drop_generation(tx, name, tables, generation)
             await self._create_generation(tx, tables, generation, with_indexes=False)
             await self._create_checkpoints(tx, name, generation, 1, 0)
             await tx.execute(
@@ -407,15 +399,18 @@ class ReadStore(abc.ABC):
     async def drop_generation(self, name: str, tables: Sequence[Table], generation: int) -> None:
         """Drop a retired generation's tables and checkpoints."""
         async with self.transaction() as tx:
-            for table in tables:
-                await tx.execute(f"DROP TABLE IF EXISTS {self.physical(table, generation)}")
-            await tx.execute(
-                self.dialect.sql(
-                    f"DELETE FROM {self._checkpoints} WHERE name = ? AND generation = ?"
-                ),
-                name,
-                generation,
-            )
+            await self._drop_generation(tx, name, tables, generation)
+
+    async def _drop_generation(
+        self, tx: ReadTransaction, name: str, tables: Sequence[Table], generation: int
+    ) -> None:
+        for table in tables:
+            await tx.execute(f"DROP TABLE IF EXISTS {self.physical(table, generation)}")
+        await tx.execute(
+            self.dialect.sql(f"DELETE FROM {self._checkpoints} WHERE name = ? AND generation = ?"),
+            name,
+            generation,
+        )
 
     async def set_paused(self, name: str, paused: bool) -> None:
         """Pause or resume a projection's live runners (they stop at their next batch)."""

@@ -592,9 +592,7 @@ class ProjectionRunner:
                 raise _HandlerFailed(None, exc) from exc
             for letter in letters:
                 await read_store.record_dead_letter(tx, letter)
-            last_event_at = events[-1].recorded_at if events else None
-            if not await read_store.advance(tx, claim, target, self.lease_seconds, last_event_at):
-                raise _Fenced
+            await self._advance(tx, claim, target, events)
             if on_caught_up is not None:
                 await on_caught_up(tx, target)
         letters.clear()
@@ -602,6 +600,14 @@ class ProjectionRunner:
             # After the commit: a query reloading now reads the batch's rows.
             self.invalidate(*dict.fromkeys(ctx._invalidated))
         self._after_commit(events, target, applied, started)
+
+    async def _advance(
+        self, tx: ReadTransaction, claim: Claim, target: int, events: Sequence[StoredEvent]
+    ) -> None:
+        """Move the checkpoint in ``tx`` (renewing the lease); _Fenced when it was lost."""
+        last_event_at = events[-1].recorded_at if events else None
+        if not await self.read_store.advance(tx, claim, target, self.lease_seconds, last_event_at):
+            raise _Fenced
 
     def _after_commit(
         self, events: Sequence[StoredEvent], target: int, applied: int, started: float
