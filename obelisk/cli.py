@@ -1,5 +1,5 @@
-"""The ``obelisk`` command: demo, bench, inspect, profile, metrics, projections, relay,
-worker, dlq."""
+"""The ``obelisk`` command: demo, serve, demo-bank, bench, inspect, profile, metrics,
+projections, relay, worker, dlq."""
 
 from __future__ import annotations
 
@@ -20,6 +20,80 @@ app = typer.Typer(
 
 @app.command()
 def demo(
+    clients: Annotated[
+        int, typer.Option(help="Concurrent buyers (one HTTP connection each).")
+    ] = 64,
+    sections: Annotated[int, typer.Option(help="Sections on sale.")] = 8,
+    seats: Annotated[int, typer.Option(help="Seats per section.")] = 250,
+    hold: Annotated[
+        float, typer.Option(help="Seconds an unpaid reservation holds its seats.")
+    ] = 2.0,
+    duration: Annotated[
+        float, typer.Option(help="Longest the sale runs (seconds) before buyers stop.")
+    ] = 60.0,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Event store URL; default: a SQLite file in a temporary folder."),
+    ] = None,
+    broker: Annotated[
+        str | None, typer.Option(help="Broker URL (redis://, nats://); default: in memory.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """A flash sale over real HTTP: many buyers, a fixed stock, every seat accounted for."""
+    from obelisk.demo.sale import run_sale_cli
+
+    raise typer.Exit(
+        run_sale_cli(
+            clients=clients,
+            sections=sections,
+            seats=seats,
+            hold=hold,
+            duration=duration,
+            store=store,
+            broker=broker,
+            json_output=json_output,
+        )
+    )
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="The ASGI application, module:attribute.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", help="Processes sharing the port.")
+    ] = 1,
+    store: Annotated[str | None, typer.Option(help="Event store URL (OBELISK_STORE).")] = None,
+    read_store: Annotated[
+        str | None, typer.Option(help="Read store URL (OBELISK_READ_STORE).")
+    ] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker URL (OBELISK_BROKER).")] = None,
+    redis: Annotated[
+        str | None, typer.Option(help="Redis URL for cache invalidations (OBELISK_REDIS).")
+    ] = None,
+    app_dir: Annotated[str, typer.Option(help="Folder to import the target from.")] = ".",
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
+) -> None:
+    """Run an application (e.g. examples.flashsale:app) under uvicorn, in one or more
+    processes."""
+    from obelisk.serve import ServeOptions, check_options
+    from obelisk.serve import serve as run
+
+    options = ServeOptions(target, host=host, port=port, workers=workers, store=store,
+                           read_store=read_store, broker=broker, redis=redis,
+                           app_dir=app_dir, log_level=log_level)  # fmt: skip
+    problems = check_options(options)
+    if problems:
+        for problem in problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    run(options)
+
+
+@app.command("demo-bank")
+def demo_bank(
     clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 64,
     accounts: Annotated[int, typer.Option(help="Accounts opened (one per command).")] = 2000,
     deposits: Annotated[int, typer.Option(help="Deposits per account.")] = 10,
@@ -28,7 +102,7 @@ def demo(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Run the bank workload under many concurrent clients and verify every balance."""
+    """The bank workload (no HTTP): concurrent clients, every balance verified."""
     from obelisk.demo.run import run_demo_cli
 
     raise typer.Exit(

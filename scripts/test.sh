@@ -21,12 +21,14 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v in
     fi
 fi
 
-# Redis and NATS (with JetStream) for the broker tests, started the same way by pytest.
+# Redis and NATS (with JetStream) for the broker tests, started the same way by pytest;
+# Chromium (headless) for the flash-sale dashboard's page test.
 missing=()
 command -v redis-server >/dev/null || [ -x /usr/sbin/redis-server ] || [ -x /usr/bin/redis-server ] \
     || missing+=(redis-server)
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || [ -x /usr/bin/nats-server ] \
     || missing+=(nats-server)
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         echo "== installing ${missing[*]} (apt-get install)"

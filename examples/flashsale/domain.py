@@ -1,21 +1,34 @@
-"""The flash sale's domain: sections with a fixed stock, and reservations.
+"""The flash sale's domain: sections with a fixed stock, reservations and their payment.
 
 A **section** (not the whole venue) is the aggregate that guards stock: buyers of different
 sections never contend, and one section's commands are serialised by the unit of work's
 keyed lock and the append's version check — no seat is sold twice. A **reservation** holds
 seats until it is paid or its deadline passes; reserving, paying and expiring each change
-the reservation and its section in one atomic append.
+the reservation and its section in one atomic append. Payment is asked for
+(``RequestPayment``), carried out by the payment worker against the gateway, and confirmed
+(``Pay``) or declined (``DeclinePayment``, the seats stay held until the deadline).
+
+The commands are the HTTP request bodies: their field constraints (``msgspec.Meta``) are
+checked when a body is decoded, so a malformed request never reaches a handler.
 """
 
 from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
 
 from obelisk import Aggregate, Command, DomainError, Event, UnitOfWork, command
 from obelisk.application import Application
 
 __all__ = [
+    "DeclinePayment",
     "Expire",
     "OpenSection",
     "Pay",
+    "PaymentDeclined",
+    "PaymentRequested",
+    "RequestPayment",
     "Reservation",
     "Reserve",
     "Section",
@@ -36,24 +49,28 @@ class SectionOpened(Event):
     sale_id: str
     name: str
     stock: int
+    price_cents: int = 5000
 
 
 class SeatsHeld(Event):
     event_type = "flashsale.SeatsHeld"
     reservation_id: str
     seats: int
+    sale_id: str = ""
 
 
 class SeatsReleased(Event):
     event_type = "flashsale.SeatsReleased"
     reservation_id: str
     seats: int
+    sale_id: str = ""
 
 
 class SeatsSold(Event):
     event_type = "flashsale.SeatsSold"
     reservation_id: str
     seats: int
+    sale_id: str = ""
 
 
 class ReservationPlaced(Event):
@@ -61,10 +78,23 @@ class ReservationPlaced(Event):
     section_id: str
     customer_id: str
     seats: int
+    amount_cents: int = 0
+
+
+class PaymentRequested(Event):
+    event_type = "flashsale.PaymentRequested"
+    customer_id: str
+    amount_cents: int
+
+
+class PaymentDeclined(Event):
+    event_type = "flashsale.PaymentDeclined"
+    reason: str
 
 
 class ReservationPaid(Event):
     event_type = "flashsale.ReservationPaid"
+    charge_id: str = ""
 
 
 class ReservationExpired(Event):
@@ -79,13 +109,19 @@ class Section(Aggregate):
     stock: int = 0
     held: int = 0
     sold: int = 0
+    price_cents: int = 0
+    sale_id: str = ""
 
     @classmethod
-    def open(cls, section_id: str, sale_id: str, name: str, stock: int) -> Section:
+    def open(
+        cls, section_id: str, sale_id: str, name: str, stock: int, price_cents: int = 5000
+    ) -> Section:
         if stock < 0:
             raise DomainError("stock cannot be negative")
         section = cls(section_id)
-        section.record(SectionOpened(sale_id=sale_id, name=name, stock=stock))
+        section.record(
+            SectionOpened(sale_id=sale_id, name=name, stock=stock, price_cents=price_cents)
+        )
         return section
 
     @property
@@ -98,18 +134,18 @@ class Section(Aggregate):
             raise DomainError("reserve at least one seat")
         if seats > self.available:
             raise SoldOut(f"{self.available} seats left in {self.id}, {seats} asked for")
-        self.record(SeatsHeld(reservation_id=reservation_id, seats=seats))
+        self.record(SeatsHeld(reservation_id=reservation_id, seats=seats, sale_id=self.sale_id))
 
     @command
     def release(self, reservation_id: str, seats: int) -> None:
-        self.record(SeatsReleased(reservation_id=reservation_id, seats=seats))
+        self.record(SeatsReleased(reservation_id=reservation_id, seats=seats, sale_id=self.sale_id))
 
     @command
     def sell(self, reservation_id: str, seats: int) -> None:
-        self.record(SeatsSold(reservation_id=reservation_id, seats=seats))
+        self.record(SeatsSold(reservation_id=reservation_id, seats=seats, sale_id=self.sale_id))
 
     def apply_opened(self, event: SectionOpened) -> None:
-        self.stock = event.stock
+        self.stock, self.price_cents, self.sale_id = event.stock, event.price_cents, event.sale_id
 
     def apply_held(self, event: SeatsHeld) -> None:
         self.held += event.seats
@@ -127,23 +163,48 @@ class Reservation(Aggregate):
     section_id: str = ""
     customer_id: str = ""
     seats: int = 0
+    amount_cents: int = 0
     state: str = "none"
+    payment: str = "none"  # none -> requested -> (declined | charged)
 
     @classmethod
     def place(
-        cls, reservation_id: str, section_id: str, customer_id: str, seats: int
+        cls,
+        reservation_id: str,
+        section_id: str,
+        customer_id: str,
+        seats: int,
+        amount_cents: int = 0,
     ) -> Reservation:
         reservation = cls(reservation_id)
         reservation.record(
-            ReservationPlaced(section_id=section_id, customer_id=customer_id, seats=seats)
+            ReservationPlaced(
+                section_id=section_id,
+                customer_id=customer_id,
+                seats=seats,
+                amount_cents=amount_cents,
+            )
         )
         return reservation
 
     @command
-    def pay(self) -> None:
+    def request_payment(self) -> None:
         if self.state != "held":
             raise DomainError(f"reservation {self.id} is {self.state}: it cannot be paid")
-        self.record(ReservationPaid())
+        if self.payment == "requested":
+            raise DomainError(f"payment of reservation {self.id} is already under way")
+        self.record(PaymentRequested(customer_id=self.customer_id, amount_cents=self.amount_cents))
+
+    @command
+    def decline_payment(self, reason: str) -> None:
+        if self.state == "held" and self.payment == "requested":
+            self.record(PaymentDeclined(reason=reason))
+
+    @command
+    def pay(self, charge_id: str = "") -> None:
+        if self.state != "held":
+            raise DomainError(f"reservation {self.id} is {self.state}: it cannot be paid")
+        self.record(ReservationPaid(charge_id=charge_id))
 
     @command
     def expire(self) -> None:
@@ -154,9 +215,16 @@ class Reservation(Aggregate):
     def apply_placed(self, event: ReservationPlaced) -> None:
         self.section_id, self.customer_id = event.section_id, event.customer_id
         self.seats, self.state = event.seats, "held"
+        self.amount_cents = event.amount_cents
+
+    def apply_payment_requested(self, event: PaymentRequested) -> None:
+        self.payment = "requested"
+
+    def apply_payment_declined(self, event: PaymentDeclined) -> None:
+        self.payment = "declined"
 
     def apply_paid(self, event: ReservationPaid) -> None:
-        self.state = "paid"
+        self.state, self.payment = "paid", "charged"
 
     def apply_expired(self, event: ReservationExpired) -> None:
         self.state = "expired"
@@ -165,30 +233,51 @@ class Reservation(Aggregate):
 # -- commands ----------------------------------------------------------------------------
 
 
+# Identifiers are short printable strings; a body breaking these bounds is refused (400)
+# before any handler runs.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+MAX_SEATS_PER_RESERVATION = 8
+
+
 class OpenSection(Command):
     command_type = "flashsale.OpenSection"
-    section_id: str
-    sale_id: str
-    name: str
-    stock: int
+    section_id: Id
+    sale_id: Id
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    stock: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
+    price_cents: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] = 5000
 
 
 class Reserve(Command):
     command_type = "flashsale.Reserve"
-    reservation_id: str
-    section_id: str
-    customer_id: str
-    seats: int
+    reservation_id: Id
+    section_id: Id
+    customer_id: Id
+    seats: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEATS_PER_RESERVATION)]
+
+
+class RequestPayment(Command):
+    command_type = "flashsale.RequestPayment"
+    reservation_id: Id
 
 
 class Pay(Command):
+    """The payment went through (sent by the payment worker with the gateway's charge)."""
+
     command_type = "flashsale.Pay"
-    reservation_id: str
+    reservation_id: Id
+    charge_id: str = ""
+
+
+class DeclinePayment(Command):
+    command_type = "flashsale.DeclinePayment"
+    reservation_id: Id
+    reason: str
 
 
 class Expire(Command):
     command_type = "flashsale.Expire"
-    reservation_id: str
+    reservation_id: Id
 
 
 def register(app: Application) -> Application:
@@ -196,18 +285,33 @@ def register(app: Application) -> Application:
 
     @app.handler(OpenSection)
     async def open_section(uow: UnitOfWork, cmd: OpenSection) -> None:
-        uow.add(Section.open(cmd.section_id, cmd.sale_id, cmd.name, cmd.stock))
+        uow.add(Section.open(cmd.section_id, cmd.sale_id, cmd.name, cmd.stock, cmd.price_cents))
 
     @app.handler(Reserve)
     async def reserve(uow: UnitOfWork, cmd: Reserve) -> None:
         section = await uow.get(Section, cmd.section_id)
         section.hold(cmd.reservation_id, cmd.seats)
-        uow.add(Reservation.place(cmd.reservation_id, cmd.section_id, cmd.customer_id, cmd.seats))
+        amount = cmd.seats * section.price_cents
+        uow.add(
+            Reservation.place(
+                cmd.reservation_id, cmd.section_id, cmd.customer_id, cmd.seats, amount
+            )
+        )
+
+    @app.handler(RequestPayment)
+    async def request_payment(uow: UnitOfWork, cmd: RequestPayment) -> None:
+        reservation = await uow.get(Reservation, cmd.reservation_id)
+        reservation.request_payment()
+
+    @app.handler(DeclinePayment)
+    async def decline_payment(uow: UnitOfWork, cmd: DeclinePayment) -> None:
+        reservation = await uow.get(Reservation, cmd.reservation_id)
+        reservation.decline_payment(cmd.reason)
 
     @app.handler(Pay)
     async def pay(uow: UnitOfWork, cmd: Pay) -> None:
         reservation = await uow.get(Reservation, cmd.reservation_id)
-        reservation.pay()
+        reservation.pay(cmd.charge_id)
         section = await uow.get(Section, reservation.section_id)
         section.sell(reservation.id, reservation.seats)
 

@@ -2,7 +2,8 @@
 reservation process (expiry at a deadline unless paid).
 
 ``Availability`` is what buyers poll; its batches invalidate the cached availability of the
-sections they changed (``ctx.invalidate``). ``Orders`` lists a customer's reservations with
+sections (and sales) they changed (``ctx.invalidate``): tags ``section:<id>`` and
+``sale:<id>``. ``Orders`` lists a customer's reservations with
 keyset pagination over ``(customer_id, reservation_id)``. ``Expiries`` is the process
 manager: a placed reservation gets an expiry deadline; paying cancels it.
 """
@@ -13,6 +14,8 @@ from typing import ClassVar
 
 from examples.flashsale.domain import (
     Expire,
+    PaymentDeclined,
+    PaymentRequested,
     ReservationExpired,
     ReservationPaid,
     ReservationPlaced,
@@ -32,7 +35,7 @@ class Availability(Projection):
     sections = Table(
         "availability",
         {"section_id": "text", "sale_id": "text", "name": "text", "stock": "integer",
-         "held": "integer", "sold": "integer"},
+         "held": "integer", "sold": "integer", "price_cents": "integer"},
         key="section_id",
         indexes=[Index("sale_id", "section_id")],
     )  # fmt: skip
@@ -40,23 +43,24 @@ class Availability(Projection):
     @handles(SectionOpened)
     def opened(self, event: SectionOpened, ctx: Context) -> None:
         ctx.upsert(self.sections, section_id=ctx.stream_id, sale_id=event.sale_id,
-                   name=event.name, stock=event.stock, held=0, sold=0)  # fmt: skip
-        ctx.invalidate(f"section:{ctx.stream_id}")
+                   name=event.name, stock=event.stock, held=0, sold=0,
+                   price_cents=event.price_cents)  # fmt: skip
+        ctx.invalidate(f"section:{ctx.stream_id}", f"sale:{event.sale_id}")
 
     @handles(SeatsHeld)
     def held(self, event: SeatsHeld, ctx: Context) -> None:
         ctx.add(self.sections, ctx.stream_id, held=event.seats)
-        ctx.invalidate(f"section:{ctx.stream_id}")
+        ctx.invalidate(f"section:{ctx.stream_id}", f"sale:{event.sale_id}")
 
     @handles(SeatsReleased)
     def released(self, event: SeatsReleased, ctx: Context) -> None:
         ctx.add(self.sections, ctx.stream_id, held=-event.seats)
-        ctx.invalidate(f"section:{ctx.stream_id}")
+        ctx.invalidate(f"section:{ctx.stream_id}", f"sale:{event.sale_id}")
 
     @handles(SeatsSold)
     def sold(self, event: SeatsSold, ctx: Context) -> None:
         ctx.add(self.sections, ctx.stream_id, held=-event.seats, sold=event.seats)
-        ctx.invalidate(f"section:{ctx.stream_id}")
+        ctx.invalidate(f"section:{ctx.stream_id}", f"sale:{event.sale_id}")
 
 
 class Orders(Projection):
@@ -64,7 +68,8 @@ class Orders(Projection):
     orders = Table(
         "orders",
         {"reservation_id": "text", "customer_id": "text", "section_id": "text",
-         "seats": "integer", "state": "text"},
+         "seats": "integer", "amount_cents": "integer", "state": "text",
+         "payment": "text"},
         key="reservation_id",
         indexes=[Index("customer_id", "reservation_id")],
     )  # fmt: skip
@@ -72,11 +77,20 @@ class Orders(Projection):
     @handles(ReservationPlaced)
     def placed(self, event: ReservationPlaced, ctx: Context) -> None:
         ctx.upsert(self.orders, reservation_id=ctx.stream_id, customer_id=event.customer_id,
-                   section_id=event.section_id, seats=event.seats, state="held")  # fmt: skip
+                   section_id=event.section_id, seats=event.seats,
+                   amount_cents=event.amount_cents, state="held", payment="none")  # fmt: skip
+
+    @handles(PaymentRequested)
+    def payment_requested(self, event: PaymentRequested, ctx: Context) -> None:
+        ctx.upsert(self.orders, reservation_id=ctx.stream_id, payment="requested")
+
+    @handles(PaymentDeclined)
+    def payment_declined(self, event: PaymentDeclined, ctx: Context) -> None:
+        ctx.upsert(self.orders, reservation_id=ctx.stream_id, payment="declined")
 
     @handles(ReservationPaid)
     def paid(self, event: ReservationPaid, ctx: Context) -> None:
-        ctx.upsert(self.orders, reservation_id=ctx.stream_id, state="paid")
+        ctx.upsert(self.orders, reservation_id=ctx.stream_id, state="paid", payment="charged")
 
     @handles(ReservationExpired)
     def expired(self, event: ReservationExpired, ctx: Context) -> None:

@@ -12,6 +12,14 @@
   HTTP validators: :func:`etag` of a result's versions answers ``If-None-Match`` with a 304
   without touching the database.
 * **Bounds**: ``max_entries`` (least recently used out) and an optional ``ttl`` as a backstop.
+* **Shared layer** (optional, ``shared=``): a second level several processes share
+  (:class:`~obelisk.caching.redis_cache.RedisQueryCache`). On a local miss the single-flight
+  leader asks it first; on its miss the loader runs and the result is written back. The
+  layer keeps versions of its own per tag: a value is a hit only under the versions it was
+  built under, a write after a load is refused if a tag was invalidated meanwhile, and
+  ``invalidate`` bumps them (then tells the listeners, so a process told of an invalidation
+  never reads the value it replaced). A shared layer that fails never fails a query: the
+  loader answers and ``stats.shared_errors`` counts it.
 
 Across processes, :class:`~obelisk.caching.redis_invalidation.RedisInvalidation` publishes
 invalidations on a Redis channel so every process's cache drops the entry.
@@ -21,18 +29,80 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from obelisk.errors import ValidationError
+from obelisk.errors import ObeliskError, ValidationError
 
-__all__ = ["CacheStats", "Cached", "QueryCache"]
+__all__ = [
+    "CacheStats",
+    "Cached",
+    "QueryCache",
+    "SharedCache",
+    "SharedCacheError",
+    "SharedLookup",
+]
 
 T = TypeVar("T")
+
+_log = logging.getLogger("obelisk.caching")
+_WARN_EVERY_S = 10.0  # at most one "shared layer failing" warning per this many seconds
+
+
+class SharedCacheError(ObeliskError):
+    """The shared layer could not answer (unreachable, timed out, refused the command).
+
+    :class:`QueryCache` never lets it fail a query: the loader answers instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLookup:
+    """What the shared layer holds for a key: ``data`` (None on a miss, or when the value was
+    built under other tag versions than the current ones) and the current versions of the
+    key's tags there, read in the same round trip (handed back to ``store`` after a load)."""
+
+    data: bytes | None
+    versions: tuple[int, ...]
+
+
+class SharedCache(Protocol):
+    """A second-level cache that several processes' :class:`QueryCache` share
+    (:class:`~obelisk.caching.redis_cache.RedisQueryCache`).
+
+    ``lookup``, ``store`` and ``invalidate`` raise :class:`SharedCacheError` when the layer
+    cannot answer; ``encode`` and ``decode`` raise :class:`~obelisk.errors.ValidationError`
+    for values that do not fit.
+    """
+
+    def encode(self, value: Any) -> bytes:
+        """``value`` as bytes."""
+        ...
+
+    def decode(self, data: bytes, type: Any = None) -> Any:
+        """``data`` as ``type`` (None: builtins)."""
+        ...
+
+    async def lookup(self, key: str, tags: tuple[str, ...]) -> SharedLookup:
+        """The value of ``key`` if it was built under the current versions of ``tags``, and
+        those versions."""
+        ...
+
+    async def store(
+        self, key: str, tags: tuple[str, ...], data: bytes, versions: tuple[int, ...]
+    ) -> bool:
+        """Store ``data`` for ``key`` only if ``tags`` are still at ``versions`` (those a
+        lookup read before the load); whether it was stored."""
+        ...
+
+    async def invalidate(self, tags: tuple[str, ...]) -> None:
+        """Bump the versions of ``tags``: every value built under the old ones is a miss."""
+        ...
 
 
 @dataclass(slots=True)
@@ -42,14 +112,24 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     loads: int = 0
-    shared: int = 0  # misses that awaited another request's load
+    shared: int = 0  # misses that awaited another request's load (single-flight)
     invalidations: int = 0
-    stale_loads: int = 0  # loads finished after an invalidation of their tags: not stored
+    stale_loads: int = 0  # results finished after an invalidation of their tags: not stored
+    shared_hits: int = 0  # leader misses the shared layer answered (no load)
+    shared_misses: int = 0  # leader misses the shared layer did not hold (a load followed)
+    shared_errors: int = 0  # shared-layer calls that failed (the loader answered instead)
 
     @property
     def hit_ratio(self) -> float:
+        """Local hits over local lookups (the shared layer not counted)."""
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+    @property
+    def shared_hit_ratio(self) -> float:
+        """Shared-layer hits over the shared-layer lookups that got an answer."""
+        total = self.shared_hits + self.shared_misses
+        return self.shared_hits / total if total else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +165,42 @@ class QueryCache:
     Args:
         max_entries: entries kept (least recently used evicted).
         ttl: seconds an entry may serve at most (None: until invalidated).
+        shared: a second level several processes share (a :class:`SharedCache` such as
+            :class:`~obelisk.caching.redis_cache.RedisQueryCache`). With one, every result
+            is encoded: one that cannot be fails its query with ValidationError (the same
+            way in every process, Redis up or down); results are served as decoded, so a
+            process serves the same shape whether it loaded a result or read it there.
     """
 
-    def __init__(self, *, max_entries: int = 10_000, ttl: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        ttl: float | None = None,
+        shared: SharedCache | None = None,
+    ) -> None:
         if max_entries < 1:
             raise ValidationError("max_entries must be >= 1")
         if ttl is not None and ttl <= 0:
             raise ValidationError("ttl must be > 0")
         self.max_entries = max_entries
         self.ttl = ttl
+        self.shared = shared
         self.stats = CacheStats()
         self._entries: OrderedDict[str, tuple[Cached[Any], tuple[str, ...]]] = OrderedDict()
         self._versions: dict[str, int] = {}
         self._by_tag: dict[str, set[str]] = {}
         self._flights: dict[str, asyncio.Future[Cached[Any]]] = {}
         self._listeners: list[Callable[[tuple[str, ...]], None]] = []
+        # The shared layer's background work: writes after loads, version bumps after
+        # invalidations. A tag whose bump is in flight is in _bumping; one whose bump failed
+        # is owed (paid before this process's next lookup, and by flush()).
+        self._writes: set[asyncio.Task[None]] = set()
+        self._bumps: set[asyncio.Task[None]] = set()
+        self._bumping: dict[str, int] = {}
+        self._owed: set[str] = set()
+        self._paying: asyncio.Future[None] | None = None
+        self._warned_at = -math.inf
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -112,11 +213,19 @@ class QueryCache:
         return tuple((tag, self._versions.get(tag, 0)) for tag in tags)
 
     async def get(
-        self, key: str, load: Callable[[], Awaitable[T]], *, tags: Iterable[str] = ()
+        self,
+        key: str,
+        load: Callable[[], Awaitable[T]],
+        *,
+        tags: Iterable[str] = (),
+        type: Any = None,
     ) -> Cached[T]:
         """The cached result of ``key``, or ``load()``'s (run once for concurrent misses).
 
         ``tags`` name what the result depends on; invalidating any of them drops it.
+        With a shared layer, ``type`` is what results decode to — those read from it and
+        the loader's own alike (None: builtins; a dataclass comes back as a dict, a tuple
+        as a list); without one it is not used.
         """
         found = self._fresh(key)
         if found is not None:
@@ -130,23 +239,162 @@ class QueryCache:
         tag_list = tuple(tags)
         future: asyncio.Future[Cached[Any]] = asyncio.get_running_loop().create_future()
         self._flights[key] = future
+        write: tuple[bytes, tuple[int, ...]] | None = None
         try:
             before = self.versions(tag_list)
-            self.stats.loads += 1
-            value = await load()
+            if self.shared is None:
+                self.stats.loads += 1
+                value: Any = await load()
+            else:
+                value, write = await self._through_shared(key, load, tag_list, type)
             result = Cached(value, before, time.monotonic())
             if self.versions(tag_list) == before:
                 self._store(key, result, tag_list)
             else:
-                self.stats.stale_loads += 1  # invalidated while loading: served, not kept
+                # Invalidated while loading: served, not kept — here nor in the shared layer.
+                self.stats.stale_loads += 1
+                write = None
             future.set_result(result)
-            return result
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters get it; nobody else must
             raise
         finally:
             del self._flights[key]
+        if write is not None:
+            self._spawn(self._write(key, tag_list, *write), self._writes)
+        return result
+
+    async def flush(self) -> None:
+        """Wait for the shared layer's background work — writes after loads, version bumps
+        after invalidations and the broadcasts that follow them — then try once more to pay
+        bumps that failed. Without a shared layer there is nothing to wait for."""
+        if pending := [t for t in (*self._writes, *self._bumps) if not t.done()]:
+            await asyncio.wait(pending)  # those started so far (later ones: the next flush)
+        if self._owed and self.shared is not None:
+            try:
+                await self._pay()
+            except SharedCacheError as exc:
+                self._shared_failed(exc)
+
+    async def _through_shared(
+        self,
+        key: str,
+        load: Callable[[], Awaitable[Any]],
+        tags: tuple[str, ...],
+        type: Any,
+    ) -> tuple[Any, tuple[bytes, tuple[int, ...]] | None]:
+        """The value from the shared layer, or loaded (then also what to write back)."""
+        shared = self.shared
+        assert shared is not None
+        looked = await self._lookup(key, tags)
+        if looked is not None:
+            if looked.data is not None:
+                try:
+                    value = shared.decode(looked.data, type)
+                except ValidationError:
+                    pass  # written by other code (another type, an older release): a miss
+                else:
+                    self.stats.shared_hits += 1
+                    return value, None
+            self.stats.shared_misses += 1
+        self.stats.loads += 1
+        loaded = await load()
+        try:
+            data = shared.encode(loaded)
+            value = shared.decode(data, type)  # the shape other processes will be served
+        except ValidationError as exc:
+            raise ValidationError(f"query cache: the result of {key!r}: {exc}") from exc
+        return value, (None if looked is None else (data, looked.versions))
+
+    async def _lookup(self, key: str, tags: tuple[str, ...]) -> SharedLookup | None:
+        """The shared layer's answer, or None when it failed (counted)."""
+        assert self.shared is not None
+        try:
+            if self._owed or any(tag in self._bumping for tag in tags):
+                # This process invalidated a tag and the shared layer may not know yet: a
+                # lookup now could return the value the invalidation replaced.
+                await self._settle()
+            return await self.shared.lookup(key, tags)
+        except SharedCacheError as exc:
+            self._shared_failed(exc)
+            return None
+
+    async def _write(
+        self, key: str, tags: tuple[str, ...], data: bytes, versions: tuple[int, ...]
+    ) -> None:
+        assert self.shared is not None
+        try:
+            await self.shared.store(key, tags, data, versions)
+        except Exception as exc:  # background work: nobody to raise to; counted, logged
+            self._shared_failed(exc)
+
+    async def _settle(self) -> None:
+        """Wait for version bumps in flight; pay owed ones (SharedCacheError if that fails)."""
+        if pending := [t for t in self._bumps if not t.done()]:
+            await asyncio.wait(pending)  # bumps never raise: they count their failures
+        if self._owed:
+            await self._pay()
+
+    async def _pay(self) -> None:
+        """Bump the owed tags' versions (one attempt shared by concurrent callers), then tell
+        the listeners again: a process that reloaded from the shared layer while the bump
+        was owed may hold the replaced value."""
+        if self._paying is None:
+            self._paying = asyncio.ensure_future(self._pay_owed())
+            self._paying.add_done_callback(self._paid)
+        await asyncio.shield(self._paying)
+
+    async def _pay_owed(self) -> None:
+        assert self.shared is not None
+        owed = tuple(self._owed)
+        await self.shared.invalidate(owed)
+        self._owed.difference_update(owed)
+        self._announce(owed)
+
+    def _paid(self, attempt: asyncio.Future[None]) -> None:
+        self._paying = None
+        if not attempt.cancelled():
+            attempt.exception()  # its callers got it; unobserved otherwise
+
+    async def _bump(self, tags: tuple[str, ...]) -> None:
+        assert self.shared is not None
+        owed = tuple(tag for tag in self._owed if tag not in tags)
+        try:
+            await self.shared.invalidate(tags + owed)
+        except Exception as exc:  # background work: counted, logged, owed
+            self._shared_failed(exc)
+            self._owed.update(tags)
+            owed = ()
+        else:
+            self._owed.difference_update(owed)
+        finally:
+            for tag in tags:
+                left = self._bumping[tag] - 1
+                if left:
+                    self._bumping[tag] = left
+                else:
+                    del self._bumping[tag]
+        # Told after the bump: a process that drops its entry on hearing of it and reloads
+        # from the shared layer gets a miss, not the value this invalidation replaced.
+        self._announce(tags + owed)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], group: set[asyncio.Task[None]]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        group.add(task)
+        task.add_done_callback(group.discard)
+
+    def _shared_failed(self, exc: BaseException) -> None:
+        self.stats.shared_errors += 1
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            _log.warning(
+                "query cache: shared layer failing (%s); queries are answered by their "
+                "loaders (%d failures so far)",
+                exc,
+                self.stats.shared_errors,
+            )
 
     def peek(self, key: str) -> Cached[Any] | None:
         """The fresh entry of ``key`` without loading (None on a miss)."""
@@ -185,7 +433,10 @@ class QueryCache:
 
     def invalidate(self, *tags: str, broadcast: bool = True) -> int:
         """Drop every entry built from any of ``tags`` and bump their versions; how many
-        entries were dropped. With ``broadcast``, listeners (other processes) are told."""
+        entries were dropped. With ``broadcast``, the shared layer's versions are bumped
+        too (in the background: ``flush`` waits for it) and listeners (other processes) are
+        told. Without it (an invalidation another process published), only this process's
+        entries go."""
         dropped = 0
         for tag in tags:
             self._versions[tag] = self._versions.get(tag, 0) + 1
@@ -194,12 +445,34 @@ class QueryCache:
                 dropped += 1
         self.stats.invalidations += len(tags)
         if broadcast and tags:
-            for listener in self._listeners:
-                listener(tuple(tags))
+            if self.shared is None:
+                self._announce(tuple(tags))
+            else:
+                self._start_bump(tuple(tags))
         return dropped
 
+    def _start_bump(self, tags: tuple[str, ...]) -> None:
+        """Bump ``tags`` in the shared layer in the background; the listeners are told once
+        it is done (``flush`` waits for it)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop running: owed, paid before the next lookup
+            self._owed.update(tags)
+            self._announce(tags)
+            return
+        for tag in tags:
+            self._bumping[tag] = self._bumping.get(tag, 0) + 1
+        self._spawn(self._bump(tags), self._bumps)
+
+    def _announce(self, tags: tuple[str, ...]) -> None:
+        if tags:
+            for listener in self._listeners:
+                listener(tags)
+
     def on_invalidate(self, listener: Callable[[tuple[str, ...]], None]) -> None:
-        """Call ``listener(tags)`` after each local invalidation (to tell other processes)."""
+        """Call ``listener(tags)`` after each local invalidation (to tell other processes).
+
+        With a shared layer, after the layer's versions were bumped (in the background)."""
         self._listeners.append(listener)
 
     def clear(self) -> None:

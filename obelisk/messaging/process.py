@@ -87,6 +87,12 @@ async def ensure_scheduled_table(read_store: ReadStore) -> str:
         await tx.execute(
             f"CREATE INDEX IF NOT EXISTS {SCHEDULED_TABLE}_due ON {table} (sent_at, due_at)"
         )
+        # Scheduling replaces and cancelling removes a process's deadline by name: without
+        # this index each of them scanned the whole table (quadratic in a busy sale).
+        await tx.execute(
+            f"CREATE INDEX IF NOT EXISTS {SCHEDULED_TABLE}_process "
+            f"ON {table} (manager, process_id, name)"
+        )
     return table
 
 

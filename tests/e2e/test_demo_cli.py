@@ -38,7 +38,7 @@ JSON_FIELDS = {
 
 
 def _invoke(*args: str) -> Any:
-    return CliRunner().invoke(cli_app, ["demo", *args])
+    return CliRunner().invoke(cli_app, ["demo-bank", *args])
 
 
 def _url(path: Path) -> str:
@@ -120,7 +120,7 @@ def test_the_installed_console_script_runs_the_demo_against_a_given_store(
 ) -> None:
     db_file = tmp_path / "demo.db"
     completed = subprocess.run(
-        [str(_script()), "demo", *SMALL, "--json", "--store", _url(db_file)],
+        [str(_script()), "demo-bank", *SMALL, "--json", "--store", _url(db_file)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,0 +1,5 @@
+"""``python -m obelisk``: the ``obelisk`` command."""
+
+from obelisk.cli import main
+
+main()
