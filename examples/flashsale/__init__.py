@@ -9,8 +9,10 @@ dashboard.
     obelisk serve examples.flashsale:app --store postgresql://... --broker redis://... -w 2
 """
 
+from examples.flashsale.edge import EdgeCache
 from examples.flashsale.http import create_app
 
 __all__ = ["app", "create_app"]
 
-app = create_app()
+# Cached availability is answered at the edge, before Litestar routes the request.
+app = EdgeCache(create_app())

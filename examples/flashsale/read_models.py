@@ -26,8 +26,9 @@ from examples.flashsale.domain import (
 )
 from obelisk.messaging.process import ProcessManager
 from obelisk.projections import Context, Index, Projection, Table, handles
+from obelisk.projections.readstore import ReadStore
 
-__all__ = ["Availability", "Expiries", "Orders"]
+__all__ = ["Availability", "Expiries", "Orders", "read_sql"]
 
 
 class Availability(Projection):
@@ -111,3 +112,14 @@ class Expiries(ProcessManager):
     @handles(ReservationPaid)
     async def paid(self, event: ReservationPaid, ctx: Context) -> None:
         await self.cancel(ctx, "expire")
+
+
+_TABLES = ("availability", "orders", "sim_charges", "sim_emails")
+
+
+def read_sql(read_store: ReadStore, statement: str) -> str:
+    """``statement`` with ``{availability}``, ``{orders}``, ``{sim_charges}`` and
+    ``{sim_emails}`` as the read store names them (schema-qualified on PostgreSQL) and
+    ``?`` placeholders in its style."""
+    names = {name: read_store.qualified(name) for name in _TABLES}
+    return read_store.dialect.sql(statement.format(**names))

@@ -25,6 +25,7 @@ import random
 import uuid
 from dataclasses import dataclass, field
 
+from examples.flashsale.read_models import read_sql
 from obelisk.projections.readstore import ReadStore
 
 __all__ = ["Declined", "Mailer", "PaymentGateway", "ServiceUnavailable", "SimulatedService"]
@@ -67,13 +68,13 @@ class PaymentGateway(SimulatedService):
     async def ensure(self) -> None:
         d = self.store.dialect
         async with self.store.transaction() as tx:
-            await tx.execute(
-                "CREATE TABLE IF NOT EXISTS sim_charges ("
+            await tx.execute(read_sql(self.store,
+                "CREATE TABLE IF NOT EXISTS {sim_charges} ("
                 f"reservation_id {d.column_type('text')} PRIMARY KEY, "
                 f"charge_id {d.column_type('text')} NOT NULL, "
                 f"amount_cents {d.column_type('integer')} NOT NULL, "
                 f"state {d.column_type('text')} NOT NULL)"
-            )
+            ))  # fmt: skip
 
     def declines(self, reservation_id: str) -> bool:
         digest = hashlib.blake2b(reservation_id.encode(), digest_size=4).digest()
@@ -84,19 +85,21 @@ class PaymentGateway(SimulatedService):
         await self._call()
         if self.declines(reservation_id):
             raise Declined("card declined")
-        d = self.store.dialect
         async with self.store.transaction() as tx:
             await tx.execute(
-                d.sql(
-                    "INSERT INTO sim_charges (reservation_id, charge_id, amount_cents, state) "
-                    "VALUES (?, ?, ?, 'charged') ON CONFLICT (reservation_id) DO NOTHING"
+                read_sql(
+                    self.store,
+                    "INSERT INTO {sim_charges} (reservation_id, charge_id, amount_cents, state) "
+                    "VALUES (?, ?, ?, 'charged') ON CONFLICT (reservation_id) DO NOTHING",
                 ),
                 reservation_id,
                 f"ch_{uuid.uuid4().hex[:16]}",
                 amount_cents,
             )
             charge_id = await tx.fetchval(
-                d.sql("SELECT charge_id FROM sim_charges WHERE reservation_id = ?"),
+                read_sql(
+                    self.store, "SELECT charge_id FROM {sim_charges} WHERE reservation_id = ?"
+                ),
                 reservation_id,
             )
         return str(charge_id)
@@ -104,18 +107,19 @@ class PaymentGateway(SimulatedService):
     async def refund(self, charge_id: str) -> None:
         """Give a charge's money back (refunding twice is harmless)."""
         await self._call()
-        d = self.store.dialect
         async with self.store.transaction() as tx:
             await tx.execute(
-                d.sql("UPDATE sim_charges SET state = 'refunded' WHERE charge_id = ?"),
+                read_sql(
+                    self.store, "UPDATE {sim_charges} SET state = 'refunded' WHERE charge_id = ?"
+                ),
                 charge_id,
             )
 
     async def ledger(self) -> dict[str, tuple[str, int, str]]:
         """reservation id -> (charge id, amount, state) of every charge made."""
-        rows = await self.store.query(
-            "SELECT reservation_id, charge_id, amount_cents, state FROM sim_charges"
-        )
+        rows = await self.store.query(read_sql(self.store,
+            "SELECT reservation_id, charge_id, amount_cents, state FROM {sim_charges}"
+        ))  # fmt: skip
         return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
@@ -126,22 +130,22 @@ class Mailer(SimulatedService):
     async def ensure(self) -> None:
         d = self.store.dialect
         async with self.store.transaction() as tx:
-            await tx.execute(
-                "CREATE TABLE IF NOT EXISTS sim_emails ("
+            await tx.execute(read_sql(self.store,
+                "CREATE TABLE IF NOT EXISTS {sim_emails} ("
                 f"message_id {d.column_type('text')} PRIMARY KEY, "
                 f"recipient {d.column_type('text')} NOT NULL, "
                 f"kind {d.column_type('text')} NOT NULL, "
                 f"reservation_id {d.column_type('text')} NOT NULL)"
-            )
+            ))  # fmt: skip
 
     async def send(self, message_id: str, recipient: str, kind: str, reservation_id: str) -> None:
         await self._call()
-        d = self.store.dialect
         async with self.store.transaction() as tx:
             await tx.execute(
-                d.sql(
-                    "INSERT INTO sim_emails (message_id, recipient, kind, reservation_id) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
+                read_sql(
+                    self.store,
+                    "INSERT INTO {sim_emails} (message_id, recipient, kind, reservation_id) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
                 ),
                 message_id,
                 recipient,
@@ -151,5 +155,7 @@ class Mailer(SimulatedService):
 
     async def sent(self) -> list[tuple[str, str]]:
         """(kind, reservation id) of every e-mail delivered."""
-        rows = await self.store.query("SELECT kind, reservation_id FROM sim_emails")
+        rows = await self.store.query(
+            read_sql(self.store, "SELECT kind, reservation_id FROM {sim_emails}")
+        )
         return [(row[0], row[1]) for row in rows]

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from examples.flashsale.domain import Reservation, Section, register
+from examples.flashsale.read_models import read_sql
 from obelisk import Application
 from obelisk.projections import read_store_from_url
 
@@ -54,16 +56,17 @@ async def settled(read_url: str, sale_id: str, reservations: int) -> bool:
     async with read_store_from_url(read_url) as read_store:
         try:
             rows = await read_store.query(
-                read_store.dialect.sql(
-                    "SELECT o.state, o.payment, COUNT(*) FROM orders o JOIN availability a "
+                read_sql(
+                    read_store,
+                    "SELECT o.state, o.payment, COUNT(*) FROM {orders} o JOIN {availability} a "
                     "ON a.section_id = o.section_id WHERE a.sale_id = ? "
-                    "GROUP BY o.state, o.payment"
+                    "GROUP BY o.state, o.payment",
                 ),
                 sale_id,
             )
             emails = await read_store.query(
-                read_store.dialect.sql(
-                    "SELECT COUNT(*) FROM sim_emails WHERE reservation_id LIKE ?"
+                read_sql(
+                    read_store, "SELECT COUNT(*) FROM {sim_emails} WHERE reservation_id LIKE ?"
                 ),
                 f"{sale_id}-%",
             )
@@ -121,9 +124,9 @@ async def check_sale(
 async def _check_read_models(
     check: SaleCheck, read_store: Any, sale_id: str, aggregates: dict[str, Section], made: int
 ) -> None:
-    sql = read_store.dialect.sql
+    sql = functools.partial(read_sql, read_store)
     rows = await read_store.query(
-        sql("SELECT section_id, stock, held, sold FROM availability WHERE sale_id = ?"), sale_id
+        sql("SELECT section_id, stock, held, sold FROM {availability} WHERE sale_id = ?"), sale_id
     )
     seen = {row[0]: (row[1], row[2], row[3]) for row in rows}
     for section_id, section in aggregates.items():
@@ -133,7 +136,7 @@ async def _check_read_models(
                           f"aggregate says {expected}")  # fmt: skip
     orders = await read_store.query(
         sql(
-            "SELECT COUNT(*) FROM orders o JOIN availability a ON a.section_id = o.section_id "
+            "SELECT COUNT(*) FROM {orders} o JOIN {availability} a ON a.section_id = o.section_id "
             "WHERE a.sale_id = ?"
         ),
         sale_id,
@@ -146,10 +149,10 @@ async def _check_read_models(
 async def _check_ledgers(
     check: SaleCheck, read_store: Any, sale_id: str, paid: dict[str, Reservation], expired: int
 ) -> None:
-    sql = read_store.dialect.sql
+    sql = functools.partial(read_sql, read_store)
     charges = await read_store.query(
         sql(
-            "SELECT reservation_id, charge_id, amount_cents, state FROM sim_charges "
+            "SELECT reservation_id, charge_id, amount_cents, state FROM {sim_charges} "
             "WHERE reservation_id LIKE ?"
         ),
         f"{sale_id}-%",
@@ -168,7 +171,7 @@ async def _check_ledgers(
         if rid not in paid and state != "refunded":
             check.problem(f"reservation {rid} is not paid but its charge stands")
     emails = await read_store.query(
-        sql("SELECT kind, reservation_id FROM sim_emails WHERE reservation_id LIKE ?"),
+        sql("SELECT kind, reservation_id FROM {sim_emails} WHERE reservation_id LIKE ?"),
         f"{sale_id}-%",
     )
     check.emails = len(emails)

@@ -181,11 +181,11 @@ _NAMESPACE: Final = uuid.UUID("8f1c2e3a-9b7d-4c6e-8a5f-1d2e3f4a5b6c")
 
 
 def _qualified(ctx: Context) -> str:
-    # The table sits beside the projection's own: qualified like the bookkeeping tables.
-    names = list(ctx._names.values())
-    if names and "." in names[0]:
-        schema = names[0].split(".", 1)[0]
-        return f'{schema}."{SCHEDULED_TABLE}"'
+    # The table sits beside the bookkeeping tables, in the read store's schema. (Taken
+    # from the projection's own tables before, a process manager — which has none —
+    # scheduled into PostgreSQL's public schema while its scheduler read the store's.)
+    if ctx._qualify is not None:
+        return ctx._qualify(SCHEDULED_TABLE)
     return f'"{SCHEDULED_TABLE}"'
 
 

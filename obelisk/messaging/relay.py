@@ -87,7 +87,7 @@ class OutboxRelay(ProjectionRunner):
         partitions: spread streams over ``topic.p0 .. topic.p<N-1>`` (1: just ``topic``).
         types: only these event type names (None: every event).
         accept: a further filter on stored events (return False to skip one).
-        page_size / lease_seconds / poll_interval: as for a projection runner.
+        page_size / lease_seconds / poll_interval / linger: as for a projection runner.
         tracer: an OpenTelemetry tracer: a span per published batch, linked to the traced
             commands that wrote its events.
     """
@@ -110,6 +110,7 @@ class OutboxRelay(ProjectionRunner):
         poll_interval: float = 1.0,
         owner: str | None = None,
         tracer: Any = None,
+        linger: float = 0.0,
     ) -> None:
         if partitions < 1:
             raise ValidationError(f"partitions must be >= 1, got {partitions}")
@@ -124,6 +125,7 @@ class OutboxRelay(ProjectionRunner):
             poll_interval=poll_interval,
             owner=owner,
             tracer=tracer,
+            linger=linger,
         )
         self.broker = broker
         self.topic = topic

@@ -69,17 +69,20 @@ class Context:
     first, so the SQL sees them. Use :meth:`table` for a table's name in this generation.
     """
 
-    __slots__ = ("_changes", "_invalidated", "_names", "_tx", "stored")
+    __slots__ = ("_changes", "_invalidated", "_names", "_qualify", "_tx", "stored")
 
     def __init__(
         self,
         tx: ReadTransaction,
         changes: dict[Table, ChangeSet],
         names: dict[Table, str],
+        qualify: Callable[[str], str] | None = None,
     ) -> None:
         self._tx = tx
         self._changes = changes
         self._names = names
+        # How the read store names a table of its own (schema-qualified on PostgreSQL).
+        self._qualify = qualify
         self._invalidated: list[str] = []
         self.stored: StoredEvent
 

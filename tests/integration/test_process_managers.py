@@ -270,3 +270,25 @@ async def test_a_process_manager_is_never_rebuilt(tmp_path: Path) -> None:
     ):
         with pytest.raises(ObeliskError, match="is not rebuilt from the log"):
             await rebuild(Holds(), app.store, read_store)
+
+
+class TablelessHolds(ProcessManager):
+    """A process manager with no tables of its own (the flash sale's expiries are one)."""
+
+    name = "tableless_holds"
+
+    @handles(HoldPlaced)
+    async def placed(self, event: HoldPlaced, ctx: Context) -> None:
+        await self.schedule(ctx, "expire", ExpireHold(hold_id=ctx.stream_id), after=60)
+
+
+async def test_a_process_manager_without_tables_schedules_in_the_read_stores_schema(
+    urls: tuple[str, str],
+) -> None:
+    # On PostgreSQL with ?schema=..., the deadline must land in that schema's table, where
+    # the scheduler looks (it once went to the public schema, and never fired).
+    async with opened(urls) as (app, read_store):
+        await app.handle(PlaceHold(hold_id="t1", seats=1))
+        await ProjectionRunner(TablelessHolds(), app.store, read_store).run_until_caught_up()
+        scheduled = await CommandScheduler(read_store, app).pending()
+        assert [(s.process_id, s.name) for s in scheduled] == [("t1", "expire")]
