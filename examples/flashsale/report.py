@@ -19,12 +19,17 @@ __all__ = ["print_sale", "progress_printer"]
 
 
 def progress_printer(console: Console | None = None) -> Callable[[SaleReport], None]:
-    """A callback printing, at most twice a second, how the sale is going."""
+    """A callback printing, at most every 2 seconds, how the sale is going."""
     console = console or Console(stderr=True)
     started = time.monotonic()
+    shown = [started]
 
     def show(report: SaleReport) -> None:
-        seconds = time.monotonic() - started
+        now = time.monotonic()
+        if now - shown[0] < 2.0:
+            return
+        shown[0] = now
+        seconds = now - started
         console.print(
             f"  {seconds:5.1f}s  {report.requests:7d} requests  "
             f"{len(report.made):6d} reservations  {report.sold_out:6d} sold-out answers",
