@@ -73,6 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cache_max_age: int = 1
     seed: int | None = None
     tune_gc: bool = True
+    trace: bool = False  # spans to OpenTelemetry's global tracer provider (configure its SDK)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,16 +113,21 @@ def tune_gc() -> None:
 class FlashSale:
     """The service's parts, started by :meth:`start` and stopped by :meth:`stop`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tracer: Any = None) -> None:
         self.settings = settings
         self.metrics: Any = None
+        self.tracer: Any = tracer
+        if tracer is None and settings.trace:
+            from obelisk.observability.tracing import obelisk_tracer
+
+            self.tracer = obelisk_tracer()
         observer = None
         with contextlib.suppress(ImportError):
             from obelisk.observability import Observer
             from obelisk.observability.metrics import Metrics
 
             self.metrics = Metrics()
-            observer = Observer(metrics=self.metrics)
+            observer = Observer(metrics=self.metrics, tracer=self.tracer)
         self.app = register(Application(settings.store, observer=observer))
         self.cache = QueryCache(max_entries=50_000)
         self.requests = RequestStats()
@@ -182,7 +188,7 @@ class FlashSale:
 
         expiries = type("Expiries", (Expiries,), {"hold_seconds": s.hold_seconds})
         self.scheduler = CommandScheduler(read_store, self.app, poll_interval=0.2)
-        common: dict[str, Any] = {"lease_seconds": 5.0, "linger": LINGER}
+        common: dict[str, Any] = {"lease_seconds": 5.0, "linger": LINGER, "tracer": self.tracer}
         self.runners = [
             ProjectionRunner(Availability(), self.app.store, read_store,
                              invalidate=self.cache.invalidate, **common),
@@ -193,10 +199,10 @@ class FlashSale:
         ]  # fmt: skip
         self.workers = [
             MessageWorker(broker, self._on_payment, group="flashsale.payments",
-                          concurrency=64, max_attempts=8, ack_timeout=30.0,
+                          concurrency=64, max_attempts=8, ack_timeout=30.0, tracer=self.tracer,
                           backoff=Backoff(base=0.05, maximum=1.0)),
             MessageWorker(broker, self._on_email, group="flashsale.emails",
-                          concurrency=64, max_attempts=8, ack_timeout=30.0,
+                          concurrency=64, max_attempts=8, ack_timeout=30.0, tracer=self.tracer,
                           backoff=Backoff(base=0.05, maximum=1.0)),
         ]  # fmt: skip
         if self.metrics is not None:
