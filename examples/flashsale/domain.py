@@ -166,6 +166,7 @@ class Reservation(Aggregate):
     amount_cents: int = 0
     state: str = "none"
     payment: str = "none"  # none -> requested -> (declined | charged)
+    charge_id: str = ""  # the gateway's charge, once paid
 
     @classmethod
     def place(
@@ -224,7 +225,7 @@ class Reservation(Aggregate):
         self.payment = "declined"
 
     def apply_paid(self, event: ReservationPaid) -> None:
-        self.state, self.payment = "paid", "charged"
+        self.state, self.payment, self.charge_id = "paid", "charged", event.charge_id
 
     def apply_expired(self, event: ReservationExpired) -> None:
         self.state = "expired"

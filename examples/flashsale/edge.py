@@ -65,8 +65,12 @@ class EdgeCache:
         etag = answers[1]["headers"][1][1]
         matched = False
         for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                matched = value == etag or etag in [v.strip() for v in value.split(b",")]
+            if name == b"if-none-match":  # as obelisk.caching.not_modified decides
+                matched = (
+                    value == etag
+                    or value.strip() == b"*"
+                    or etag in [v.strip().removeprefix(b"W/") for v in value.split(b",")]
+                )
                 break
         sale.cache.stats.hits += 1
         if matched:

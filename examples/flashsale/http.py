@@ -26,12 +26,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from examples.flashsale.dashboard import DASHBOARD_HTML
@@ -51,6 +52,8 @@ __all__ = ["MAX_BODY", "create_app"]
 
 MAX_BODY = 4096  # bytes: every command fits in a few hundred
 
+C = TypeVar("C")
+
 
 def _sale(state: State) -> FlashSale:
     sale: FlashSale = state.sale
@@ -69,17 +72,47 @@ def _created(body: dict[str, Any], position: int | None, status: int = 201) -> R
     return Response(body, status_code=status, headers=headers)
 
 
+# Bodies are decoded strictly: "2" is not a number of seats (Litestar's own decoding would
+# coerce it). msgspec's message names the field and what was wrong with it.
+_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls) for cls in (OpenSection, Reserve)
+}
+
+
+async def _command(request: Request[Any, Any, Any], cls: type[C]) -> C:
+    body = await request.body()  # over MAX_BODY: 413 before anything is decoded
+    try:
+        command: C = _DECODERS[cls].decode(body)
+    except msgspec.DecodeError as exc:  # malformed JSON, a wrong type, a missing field
+        raise HTTPException(status_code=400, detail=f"invalid {cls.__name__}: {exc}") from None
+    return command
+
+
 @post("/sections")
-async def open_section(
-    data: JSONBody[OpenSection], request: Request[Any, Any, Any], state: State
-) -> Any:
+async def open_section(request: Request[Any, Any, Any], state: State) -> Any:
+    data = await _command(request, OpenSection)
     position = await _sale(state).app.handle(data, idempotency_key=_idempotency_key(request))
     return _created({"section_id": data.section_id}, position)
 
 
 @post("/reservations")
-async def reserve(data: JSONBody[Reserve], request: Request[Any, Any, Any], state: State) -> Any:
-    position = await _sale(state).app.handle(data, idempotency_key=_idempotency_key(request))
+async def reserve(request: Request[Any, Any, Any], state: State) -> Any:
+    data = await _command(request, Reserve)
+    key = _idempotency_key(request)
+    sale = _sale(state)
+    position = await sale.app.handle(data, idempotency_key=key)
+    if key is not None:
+        # A repeat answers what the first request did; a key reused for another request
+        # (other seats, another section) is refused rather than answered as if done.
+        try:
+            done = await sale.app.get(Reservation, data.reservation_id)
+        except AggregateNotFound:
+            done = None
+        if done is None or (done.section_id, done.customer_id, done.seats) != (
+            data.section_id, data.customer_id, data.seats,
+        ):  # fmt: skip
+            reused = "this Idempotency-Key was used for another request"
+            raise HTTPException(status_code=422, detail=reused)
     return _created({"reservation_id": data.reservation_id, "seats": data.seats}, position)
 
 
@@ -103,12 +136,12 @@ async def reservation(reservation_id: FromPath[str], state: State) -> dict[str, 
 
 
 def _cached_response(request: Request[Any, Any, Any], cached: Cached[Any], max_age: int) -> Any:
+    if cached.value is None:  # before validators: "*" matches only what exists
+        raise HTTPException(status_code=404, detail="no such section")
     tag = cached.etag
     headers = cache_headers(tag, max_age=max_age)
     if not_modified(request.headers, tag):
         return Response(b"", status_code=304, headers=headers)
-    if cached.value is None:
-        raise HTTPException(status_code=404, detail="no such section")
     return Response(cached.value, media_type=MediaType.JSON, headers=headers)
 
 
@@ -119,7 +152,11 @@ async def section_availability(
     sale = _sale(state)
     # A 304 straight from the versions, when the client's copy is current: no query.
     peeked = sale.cache.peek(f"section:{section_id}")
-    if peeked is not None and not_modified(request.headers, peeked.etag):
+    if (
+        peeked is not None
+        and peeked.value is not None
+        and not_modified(request.headers, peeked.etag)
+    ):
         sale.cache.stats.hits += 1
         return Response(b"", status_code=304, headers=cache_headers(peeked.etag,
                         max_age=sale.settings.cache_max_age))  # fmt: skip

@@ -34,7 +34,7 @@ from examples.flashsale.domain import (
 from examples.flashsale.read_models import Availability, Expiries, Orders, read_sql
 from examples.flashsale.services import Declined, Mailer, PaymentGateway
 from examples.flashsale.stats import RequestStats
-from obelisk import Application, DomainError
+from obelisk import Application, DomainError, RetryPolicy
 from obelisk.caching import Cached, QueryCache
 from obelisk.messaging import broker_from_url
 from obelisk.messaging.process import CommandScheduler
@@ -128,7 +128,10 @@ class FlashSale:
 
             self.metrics = Metrics()
             observer = Observer(metrics=self.metrics, tracer=self.tracer)
-        self.app = register(Application(settings.store, observer=observer))
+        # Several processes write the same sections: a command that lost a race to another
+        # process is run again from a fresh load (every handler decides from state alone).
+        retry = RetryPolicy(attempts=5)
+        self.app = register(Application(settings.store, observer=observer, retry=retry))
         self.cache = QueryCache(max_entries=50_000)
         self.requests = RequestStats()
         self.started_at = time.time()

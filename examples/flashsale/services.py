@@ -68,6 +68,7 @@ class PaymentGateway(SimulatedService):
     async def ensure(self) -> None:
         d = self.store.dialect
         async with self.store.transaction() as tx:
+            await tx.lock_schema_changes()
             await tx.execute(read_sql(self.store,
                 "CREATE TABLE IF NOT EXISTS {sim_charges} ("
                 f"reservation_id {d.column_type('text')} PRIMARY KEY, "
@@ -130,6 +131,7 @@ class Mailer(SimulatedService):
     async def ensure(self) -> None:
         d = self.store.dialect
         async with self.store.transaction() as tx:
+            await tx.lock_schema_changes()
             await tx.execute(read_sql(self.store,
                 "CREATE TABLE IF NOT EXISTS {sim_emails} ("
                 f"message_id {d.column_type('text')} PRIMARY KEY, "

@@ -164,6 +164,9 @@ async def _check_ledgers(
         entry = ledger.get(rid)
         if entry is None or entry[2] != "charged":
             check.problem(f"paid reservation {rid} has no standing charge ({entry})")
+        elif entry[0] != reservation.charge_id:
+            check.problem(f"reservation {rid} records charge {reservation.charge_id!r}, the "
+                          f"gateway charged {entry[0]!r}")  # fmt: skip
         elif entry[1] != reservation.amount_cents:
             check.problem(f"reservation {rid} was charged {entry[1]}, costs "
                           f"{reservation.amount_cents}")  # fmt: skip

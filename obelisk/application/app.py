@@ -19,7 +19,7 @@ from obelisk.application.retry import NO_RETRY, RetryPolicy
 from obelisk.application.snapshots import Snapshotter
 from obelisk.application.unit_of_work import UnitOfWork, keyed_event_ids
 from obelisk.domain.aggregate import Aggregate
-from obelisk.errors import AggregateNotFound, ConcurrencyError
+from obelisk.errors import AggregateNotFound, ConcurrencyError, DomainError
 from obelisk.observability.observer import CommandTiming
 from obelisk.store.base import EventStore
 from obelisk.store.url import store_from_url
@@ -216,29 +216,42 @@ class Application:
                     return earlier  # handled before with this key: not run again
             policy = entry.retry or self.retry
             attempt = 1
-            while True:
-                uow = UnitOfWork(
-                    self,
-                    correlation_id=correlation_id,
-                    causation_id=causation_id,
-                    idempotency_key=idempotency_key,
-                )
-                uow._timing = timing
-                try:
-                    # The unit's `async with` protocol, inlined: the per-command path.
+            try:
+                while True:
+                    uow = UnitOfWork(
+                        self,
+                        correlation_id=correlation_id,
+                        causation_id=causation_id,
+                        idempotency_key=idempotency_key,
+                    )
+                    uow._timing = timing
                     try:
-                        await entry.handler(uow, command)
-                        await uow.commit()
-                    except BaseException:
-                        uow._release(failed=True)
-                        raise
-                    uow._release()
-                    return uow.position
-                except ConcurrencyError:
-                    if attempt >= policy.attempts:
-                        raise
-                    await asyncio.sleep(policy.delay(attempt))
-                    attempt += 1
+                        # The unit's `async with` protocol, inlined: the per-command path.
+                        try:
+                            await entry.handler(uow, command)
+                            await uow.commit()
+                        except BaseException:
+                            uow._release(failed=True)
+                            raise
+                        uow._release()
+                        return uow.position
+                    except ConcurrencyError:
+                        if attempt >= policy.attempts:
+                            raise
+                        await asyncio.sleep(policy.delay(attempt))
+                        attempt += 1
+            except (DomainError, ConcurrencyError):
+                if idempotency_key is None:
+                    raise
+                # A repeat that ran beside the first attempt (both passed the check above)
+                # fails in the handler once the first has committed (the seats it wanted
+                # are the first's): it answers what the first did.
+                earlier = await self.store.last_position_of(
+                    keyed_event_ids(idempotency_key, 0, KEY_LOOKUP_EVENTS)
+                )
+                if earlier is None:
+                    raise
+                return earlier
         except BaseException as exc:
             error = exc
             raise

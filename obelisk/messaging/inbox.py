@@ -41,6 +41,7 @@ class Inbox:
             return
         d = self.read_store.dialect
         async with self.read_store.transaction() as tx:
+            await tx.lock_schema_changes()
             await tx.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 f"consumer {d.column_type('text')} NOT NULL, "

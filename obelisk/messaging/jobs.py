@@ -91,6 +91,7 @@ class JobQueue:
         d = self.read_store.dialect
         text, real = d.column_type("text"), d.column_type("float")
         async with self.read_store.transaction() as tx:
+            await tx.lock_schema_changes()
             await tx.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} (id {text} PRIMARY KEY, "
                 f"job_type {text} NOT NULL, state {text} NOT NULL, "

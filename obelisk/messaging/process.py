@@ -40,6 +40,7 @@ import msgspec
 from obelisk.application.commands import Command
 from obelisk.errors import (
     CommandRejected,
+    ConcurrencyError,
     DomainError,
     IdempotencyConflict,
     StoreUnavailable,
@@ -77,6 +78,7 @@ async def ensure_scheduled_table(read_store: ReadStore) -> str:
     table = read_store.qualified(SCHEDULED_TABLE)
     text, real, integer = d.column_type("text"), d.column_type("float"), d.column_type("integer")
     async with read_store.transaction() as tx:
+        await tx.lock_schema_changes()
         await tx.execute(
             f"CREATE TABLE IF NOT EXISTS {table} ("
             f"id {text} PRIMARY KEY, manager {text} NOT NULL, process_id {text} NOT NULL, "
@@ -325,7 +327,9 @@ class CommandScheduler:
             # The domain said no (the reservation was paid meanwhile): settled, recorded.
             outcome = f"rejected: {exc}"
             self.rejected += 1
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, ConcurrencyError) as exc:
+            # Both pass: a lost connection comes back; a conflict (another process wrote
+            # the aggregate after this one cached it) is gone on a fresh load.
             if scheduled.attempts < self.max_attempts:
                 await self._release(scheduled)
                 _log.warning("scheduler: %s will be retried: %s", scheduled.id, exc)

@@ -20,6 +20,9 @@ from obelisk.projections.tables import ChangeSet, quote
 
 __all__ = ["PostgresReadStore"]
 
+# The advisory lock every read store's schema change takes (see lock_schema_changes).
+SCHEMA_LOCK = 7401517
+
 # Errors that mean "the server or the connection went away": the runner retries them.
 _CONNECTION_ERRORS = (
     OSError,
@@ -43,6 +46,9 @@ class _PostgresTransaction(ReadTransaction):
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+
+    async def lock_schema_changes(self) -> None:
+        await self.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
 
     async def execute(self, sql: str, *args: Any) -> int:
         try:
@@ -158,7 +164,7 @@ class PostgresReadStore(ReadStore):
         try:
             # Concurrent first opens must not race on CREATE SCHEMA/TABLE IF NOT EXISTS.
             async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(7401517)")
+                await conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
             await self.ensure_bookkeeping()
         except BaseException:
@@ -167,7 +173,7 @@ class PostgresReadStore(ReadStore):
 
     async def ensure_bookkeeping(self) -> None:
         async with self.transaction() as tx:
-            await tx.execute("SELECT pg_advisory_xact_lock(7401517)")
+            await tx.lock_schema_changes()
             for statement in self._bookkeeping_ddl():
                 await tx.execute(statement)
 

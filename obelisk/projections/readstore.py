@@ -114,6 +114,14 @@ class ReadTransaction(abc.ABC):
     async def flush(self, changes: Sequence[tuple[ChangeSet, str]]) -> None:
         """Write staged changes (each with its table's physical name), then clear them."""
 
+    async def lock_schema_changes(self) -> None:
+        """Take the database-wide lock that schema changes of read stores run under, until
+        this transaction ends: processes starting together on a fresh database then create
+        their tables one after another (PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` racing
+        itself fails with a duplicate key). SQLite's write transactions are serial already.
+        """
+        return None  # SQLite: nothing to take
+
 
 def _json_columns(table: Table) -> frozenset[str]:
     return frozenset(c for c, kind in table.columns.items() if kind == "json")
