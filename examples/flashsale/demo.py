@@ -261,7 +261,9 @@ class _Sale:
                     if response.status == 200:
                         stats = msgspec.json.decode(response.body)
                         lags = [p["lag_ms"] for p in stats.get("projections", [])]
-                        self.report.max_lag_ms = max([self.report.max_lag_ms, *lags])
+                        self.report.max_lag_ms = max(
+                            [self.report.max_lag_ms, stats.get("max_lag_ms", 0.0), *lags]
+                        )
                         self.report.cache = stats.get("cache", {})
                 await asyncio.sleep(0.5)
         finally:

@@ -251,6 +251,13 @@ class ProjectionRunner:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    @property
+    def last_event_at(self) -> float | None:
+        """When the newest event this runner applied was recorded (epoch seconds; None
+        before its first batch). Read in ``on_batch``, ``time.time()`` minus it is how long
+        that event took from its commit into the read model."""
+        return self._last_event_at
+
     def stop(self) -> None:
         """Finish the batch in progress, release the lease and return from :meth:`run`."""
         self._stopping = True
