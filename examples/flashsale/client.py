@@ -15,6 +15,10 @@ class HttpError(Exception):
     """The connection failed or the server's answer was not HTTP/1.1 we understand."""
 
 
+class _Stale(Exception):
+    """A kept-alive connection the server had closed: the request never reached it."""
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     status: int
@@ -53,10 +57,15 @@ class HttpClient:
             try:
                 async with asyncio.timeout(self.timeout):
                     return await self._exchange(method, path, body, headers or {})
-            except (OSError, asyncio.IncompleteReadError, HttpError) as exc:
+            except _Stale as exc:
+                # The server had closed the idle connection: nothing of this request was
+                # taken, so sending it again is safe (even a POST).
                 await self.close()
                 if fresh or attempt == 2:
                     raise HttpError(f"{method} {path}: {exc!r}") from exc
+            except (OSError, asyncio.IncompleteReadError, HttpError, TimeoutError) as exc:
+                await self.close()  # it may have been taken: not sent again
+                raise HttpError(f"{method} {path}: {exc!r}") from exc
         raise AssertionError("unreachable")
 
     async def _exchange(
@@ -72,7 +81,12 @@ class HttpClient:
             lines.append(f"content-length: {len(body)}")
         lines.extend(f"{name}: {value}" for name, value in headers.items())
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        status_line = await reader.readuntil(b"\r\n")
+        try:
+            status_line = await reader.readuntil(b"\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _Stale("the connection was closed before an answer") from exc
+            raise
         parts = status_line.split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
             raise HttpError(f"not an HTTP answer: {status_line[:80]!r}")

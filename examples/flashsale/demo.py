@@ -115,7 +115,11 @@ class _Service:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        env = {**os.environ, "OBELISK_STORE": self.store, "OBELISK_BROKER": self.broker,
+        # The service gets this run's settings only: a FLASHSALE_* or OBELISK_READ_STORE of
+        # the caller's would make it differ from what the verification reads.
+        inherited = {k: v for k, v in os.environ.items()
+                     if not k.startswith(("FLASHSALE_", "OBELISK_"))}  # fmt: skip
+        env = {**inherited, "OBELISK_STORE": self.store, "OBELISK_BROKER": self.broker,
                "FLASHSALE_HOLD_SECONDS": str(self.hold), "FLASHSALE_SEED": str(self.seed),
                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT),
                                              os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
@@ -180,6 +184,19 @@ class _Sale:
                     "stock": self.options.seats, "price_cents": 4000 + 500 * i})  # fmt: skip
                 if answer.status != 201:
                     raise RuntimeError(f"opening {section}: {answer.status} {answer.body[:200]!r}")
+            # The read side follows the events within milliseconds: the sale is on show
+            # (not a 404) once its projection applied the openings. Buyers start then.
+            deadline = time.monotonic() + 30
+            path = f"/sales/{self.sale_id}/availability"
+            while True:
+                shown = await client.request("GET", path)
+                if shown.status == 200 and len(msgspec.json.decode(shown.body)) == len(
+                    self.sections
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the sale never showed: {shown.status} {shown.body!r}")
+                await asyncio.sleep(0.02)
         finally:
             await client.close()
 
@@ -281,8 +298,8 @@ async def run_sale(options: DemoOptions, progress: Any = None) -> SaleReport:
         report = SaleReport(options, store=store, broker=broker)
         service = _Service(store, broker, options.hold, Path(folder) / "service.log",
                            options.seed)  # fmt: skip
-        await service.start()
         try:
+            await service.start()
             sale = _Sale(options, service.port, report)
             await sale.open()
             watcher = asyncio.create_task(sale.watch())

@@ -14,6 +14,7 @@ checked when a body is decoded, so a malformed request never reaches a handler.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import msgspec
@@ -22,6 +23,7 @@ from obelisk import Aggregate, Command, DomainError, Event, UnitOfWork, command
 from obelisk.application import Application
 
 __all__ = [
+    "MAX_SEATS_PER_RESERVATION",
     "DeclinePayment",
     "Expire",
     "OpenSection",
@@ -34,6 +36,7 @@ __all__ = [
     "Section",
     "SoldOut",
     "register",
+    "valid_id",
 ]
 
 
@@ -238,6 +241,12 @@ class Reservation(Aggregate):
 # before any handler runs.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 MAX_SEATS_PER_RESERVATION = 8
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def valid_id(value: str) -> bool:
+    """Whether ``value`` passes the rule of ``Id`` (for ids that arrive in a URL path)."""
+    return _ID.fullmatch(value) is not None
 
 
 class OpenSection(Command):

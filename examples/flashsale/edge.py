@@ -18,6 +18,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.types import Receive, Send
 
+from examples.flashsale.domain import valid_id
 from examples.flashsale.service import FlashSale
 
 __all__ = ["EdgeCache"]
@@ -59,8 +60,8 @@ class EdgeCache:
             return False  # a miss or a 404: Litestar's handler answers
         answers = self._answers.get(key)
         if answers is None or answers[0] is not cached:
-            if len(self._answers) > 4 * sale.cache.max_entries:
-                self._answers.clear()  # keys the cache evicted long ago
+            if len(self._answers) >= sale.cache.max_entries:
+                self._answers.clear()  # bounded like the cache (keys it evicted go too)
             answers = self._answers[key] = _build(cached, sale.settings.cache_max_age)
         etag = answers[1]["headers"][1][1]
         matched = False
@@ -88,7 +89,7 @@ def _key(path: str) -> str | None:
     for prefix, tag in _PREFIXES:
         if path.startswith(prefix):
             ident = path[len(prefix) : -len(_SUFFIX)]
-            if ident and "/" not in ident:
+            if valid_id(ident):  # anything else is Litestar's to refuse (400)
                 return tag + ident
     return None
 

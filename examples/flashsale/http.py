@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -36,7 +36,15 @@ from litestar.params import FromPath, FromQuery
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from examples.flashsale.dashboard import DASHBOARD_HTML
-from examples.flashsale.domain import OpenSection, RequestPayment, Reservation, Reserve, SoldOut
+from examples.flashsale.domain import (
+    OpenSection,
+    RequestPayment,
+    Reservation,
+    Reserve,
+    Section,
+    SoldOut,
+    valid_id,
+)
 from examples.flashsale.service import FlashSale, Settings
 from obelisk import DomainError
 from obelisk.caching import Cached, cache_headers, not_modified
@@ -91,8 +99,25 @@ async def _command(request: Request[Any, Any, Any], cls: type[C]) -> C:
 @post("/sections")
 async def open_section(request: Request[Any, Any, Any], state: State) -> Any:
     data = await _command(request, OpenSection)
-    position = await _sale(state).app.handle(data, idempotency_key=_idempotency_key(request))
+    key = _idempotency_key(request)
+    sale = _sale(state)
+    position = await sale.app.handle(data, idempotency_key=key)
+    if key is not None:
+        try:
+            done = await sale.app.get(Section, data.section_id)
+        except AggregateNotFound:
+            _key_reused()
+        if (done.sale_id, done.stock, done.price_cents) != (
+            data.sale_id, data.stock, data.price_cents,
+        ):  # fmt: skip
+            _key_reused()
     return _created({"section_id": data.section_id}, position)
+
+
+def _key_reused() -> NoReturn:
+    # The key's events exist, but they are not this request's: answering as if it had been
+    # done would be a lie (the first request's effect is not this one's).
+    raise HTTPException(status_code=422, detail="this Idempotency-Key was used for another request")
 
 
 @post("/reservations")
@@ -107,12 +132,11 @@ async def reserve(request: Request[Any, Any, Any], state: State) -> Any:
         try:
             done = await sale.app.get(Reservation, data.reservation_id)
         except AggregateNotFound:
-            done = None
-        if done is None or (done.section_id, done.customer_id, done.seats) != (
+            _key_reused()
+        if (done.section_id, done.customer_id, done.seats) != (
             data.section_id, data.customer_id, data.seats,
         ):  # fmt: skip
-            reused = "this Idempotency-Key was used for another request"
-            raise HTTPException(status_code=422, detail=reused)
+            _key_reused()
     return _created({"reservation_id": data.reservation_id, "seats": data.seats}, position)
 
 
@@ -122,7 +146,10 @@ async def request_payment(
 ) -> Any:
     command = RequestPayment(reservation_id=reservation_id)
     sale = _sale(state)
-    position = await sale.app.handle(command, idempotency_key=_idempotency_key(request))
+    key = _idempotency_key(request)
+    position = await sale.app.handle(command, idempotency_key=key)
+    if key is not None and (await sale.app.get(Reservation, reservation_id)).payment == "none":
+        _key_reused()  # the key's payment request was another reservation's
     return _created({"reservation_id": reservation_id, "payment": "requested"}, position, 202)
 
 
@@ -135,9 +162,18 @@ async def reservation(reservation_id: FromPath[str], state: State) -> dict[str, 
             "payment": found.payment}  # fmt: skip
 
 
-def _cached_response(request: Request[Any, Any, Any], cached: Cached[Any], max_age: int) -> Any:
+def _check_id(ident: str) -> None:
+    # Ids in paths follow the commands' rule: a client cannot fill the caches with
+    # megabyte-long keys of things that cannot exist.
+    if not valid_id(ident):
+        raise HTTPException(status_code=400, detail="ids are 1-64 of A-Z a-z 0-9 _ . : -")
+
+
+def _cached_response(
+    request: Request[Any, Any, Any], cached: Cached[Any], max_age: int, what: str = "section"
+) -> Any:
     if cached.value is None:  # before validators: "*" matches only what exists
-        raise HTTPException(status_code=404, detail="no such section")
+        raise HTTPException(status_code=404, detail=f"no such {what}")
     tag = cached.etag
     headers = cache_headers(tag, max_age=max_age)
     if not_modified(request.headers, tag):
@@ -149,6 +185,7 @@ def _cached_response(request: Request[Any, Any, Any], cached: Cached[Any], max_a
 async def section_availability(
     section_id: FromPath[str], request: Request[Any, Any, Any], state: State
 ) -> Any:
+    _check_id(section_id)
     sale = _sale(state)
     # A 304 straight from the versions, when the client's copy is current: no query.
     peeked = sale.cache.peek(f"section:{section_id}")
@@ -168,9 +205,10 @@ async def section_availability(
 async def sale_availability(
     sale_id: FromPath[str], request: Request[Any, Any, Any], state: State
 ) -> Any:
+    _check_id(sale_id)
     sale = _sale(state)
     cached = await sale.sale_availability(sale_id)
-    return _cached_response(request, cached, sale.settings.cache_max_age)
+    return _cached_response(request, cached, sale.settings.cache_max_age, "sale")
 
 
 @get("/customers/{customer_id:str}/orders")

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -56,6 +56,10 @@ LINGER = 0.01
 RELAYED = (PaymentRequested, ReservationPaid, ReservationExpired)
 
 
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=60.0)]
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How the service runs. ``from_env`` reads ``OBELISK_*`` (where things are) and
     ``FLASHSALE_*`` (how the simulated world behaves) variables."""
@@ -64,13 +68,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     read_store: str | None = None  # None: beside the event store (same file folder / server)
     broker: str = "memory://"
     redis: str | None = None  # shares cache invalidations between processes
-    hold_seconds: float = 600.0
-    payment_latency: float = 0.02
-    payment_failure_rate: float = 0.05
-    decline_rate: float = 0.05
-    mail_latency: float = 0.01
-    mail_failure_rate: float = 0.05
-    cache_max_age: int = 1
+    hold_seconds: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    payment_latency: Seconds = 0.02
+    payment_failure_rate: Rate = 0.05
+    decline_rate: Rate = 0.05
+    mail_latency: Seconds = 0.01
+    mail_failure_rate: Rate = 0.05
+    cache_max_age: Annotated[int, msgspec.Meta(ge=0)] = 1
     seed: int | None = None
     tune_gc: bool = True
     trace: bool = False  # spans to OpenTelemetry's global tracer provider (configure its SDK)
@@ -84,10 +88,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if value:
                 fields[name] = value
         for name in cls.__struct_fields__:
+            if name in ("store", "read_store", "broker", "redis"):
+                continue  # where things are: OBELISK_* only (what `obelisk serve` sets)
             value = env.get(f"FLASHSALE_{name.upper()}")
             if value:
                 fields[name] = value
-        return msgspec.convert(fields, cls, strict=False)
+        try:
+            return msgspec.convert(fields, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"flash sale settings from the environment: {exc}") from None
 
     def read_store_url(self) -> str:
         if self.read_store:
@@ -103,8 +112,11 @@ def tune_gc() -> None:
     the default threshold (700) the cyclic collector ran hundreds of times a second, each
     pass a pause for every request in flight. Objects alive after start-up are frozen
     (never scanned again). Measured with wrk on reservations: 4,500-5,000/s with p99 56-61
-    ms without it, 5,200-5,700/s with p99 24-27 ms with it (docs/flashsale.md). Memory
-    stays bounded: garbage in cycles waits for at most 50,000 allocations."""
+    ms without it, 5,200-5,700/s with p99 24-27 ms with it (docs/flashsale.md). The cost is
+    memory: garbage in reference cycles lives longer (the youngest generation is collected
+    every 50,000 allocations, older ones 50 and 5,000 times less often). Process-wide, and
+    not undone by ``stop()``: meant for the server process (``FLASHSALE_TUNE_GC=0``: off).
+    """
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
@@ -134,6 +146,7 @@ class FlashSale:
         self.app = register(Application(settings.store, observer=observer, retry=retry))
         self.cache = QueryCache(max_entries=50_000)
         self.requests = RequestStats()
+        self._summaries = QueryCache(max_entries=1, ttl=1.0)
         self.started_at = time.time()
         self.runners: list[ProjectionRunner] = []
         self.workers: list[MessageWorker] = []
@@ -185,12 +198,12 @@ class FlashSale:
             # Processes share query results through Redis (a miss in one process is often a
             # hit in Redis) and drop each other's local entries on invalidation.
             shared = RedisQueryCache(s.redis, prefix="flashsale:qc")
+            stack.push_async_callback(shared.stop)  # before start: a failed start cleans up
             await shared.start()
-            stack.push_async_callback(shared.stop)
             self.cache = QueryCache(max_entries=self.cache.max_entries, shared=shared)
             invalidation = RedisInvalidation(s.redis, self.cache, channel="flashsale:cache")
-            await invalidation.start()
             stack.push_async_callback(invalidation.stop)
+            await invalidation.start()
 
         expiries = type("Expiries", (Expiries,), {"hold_seconds": s.hold_seconds})
         self.scheduler = CommandScheduler(read_store, self.app, poll_interval=0.2)
@@ -271,6 +284,12 @@ class FlashSale:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self._stoppers.clear()
+        # The last batches' invalidations reach Redis and the other processes before the
+        # connections close (else they would serve the replaced figures until the next).
+        try:
+            await asyncio.wait_for(self.cache.flush(), 10)
+        except Exception as exc:  # never keeps the service from stopping
+            _log.warning("cache invalidations not flushed at stop: %s", exc)
         await self._stack.aclose()
 
     def failures(self) -> list[str]:
@@ -331,10 +350,10 @@ class FlashSale:
 
         return await self.cache.get(f"section:{section_id}", load, tags=(f"section:{section_id}",))
 
-    async def sale_availability(self, sale_id: str) -> Cached[bytes]:
-        """Every section of a sale, as one JSON body, cached."""
+    async def sale_availability(self, sale_id: str) -> Cached[bytes | None]:
+        """Every section of a sale, as one JSON body (None: no such sale), cached."""
 
-        async def load() -> bytes:
+        async def load() -> bytes | None:
             rows = await self.read_store.query(
                 read_sql(
                     self.read_store,
@@ -343,6 +362,8 @@ class FlashSale:
                 ),
                 sale_id,
             )
+            if not rows:
+                return None
             return b"[" + b",".join(_encode_sections(rows)) + b"]"
 
         return await self.cache.get(f"sale:{sale_id}", load, tags=(f"sale:{sale_id}",))
@@ -388,8 +409,10 @@ class FlashSale:
         stats = self.cache.stats
         out["cache"] = {"hits": stats.hits, "misses": stats.misses,
                         "hit_ratio": round(stats.hit_ratio, 4)}  # fmt: skip
+        # The sale's counts scan the read models: once a second at most, however many
+        # dashboards poll (the query cache's single-flight and TTL do the bounding).
         try:
-            out["sale"] = await self.sale_summary()
+            out["sale"] = (await self._summaries.get("summary", self.sale_summary)).value
         except Exception as exc:  # tables not there yet: the dashboard still shows the rest
             _log.debug("sale summary: %s", exc)
             out["sale"] = {}

@@ -73,10 +73,10 @@ async def settled(read_url: str, sale_id: str, reservations: int) -> bool:
         except Exception:
             return False  # tables not there yet
     by_state: Counter[str] = Counter()
-    for state, payment, count in rows:
+    for state, _payment, count in rows:
         by_state[state] += count
-        if state == "held" or (payment == "requested" and state == "held"):
-            return False
+        if state == "held":
+            return False  # still to be paid or to expire
     done = by_state["paid"] + by_state["expired"]
     return done == reservations and int(emails[0][0]) >= done
 

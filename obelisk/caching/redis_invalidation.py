@@ -36,6 +36,7 @@ class RedisInvalidation:
         self.origin = uuid.uuid4().hex  # our own messages are not applied twice
         self.received = 0
         self._client: Any = None
+        self._stopped = False
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
         cache.on_invalidate(self._publish)
@@ -49,6 +50,7 @@ class RedisInvalidation:
         await asyncio.wait_for(ready.wait(), 10)
 
     async def stop(self) -> None:
+        self._stopped = True  # later invalidations are not published on a closing client
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -59,7 +61,7 @@ class RedisInvalidation:
             await self._client.aclose()
 
     def _publish(self, tags: tuple[str, ...]) -> None:
-        if self._client is None:
+        if self._client is None or self._stopped:
             return
         payload = msgspec.json.encode({"origin": self.origin, "tags": list(tags)})
         task = asyncio.create_task(self._client.publish(self.channel, payload))

@@ -11,10 +11,11 @@ __all__ = ["find_examples", "run_sale_cli"]
 
 
 def find_examples() -> Path | None:
-    """The folder holding ``examples/flashsale`` (the checkout obelisk runs from)."""
-    for candidate in (Path(__file__).resolve().parents[2], Path.cwd()):
-        if (candidate / "examples" / "flashsale" / "__init__.py").is_file():
-            return candidate
+    """The folder holding ``examples/flashsale``: the checkout obelisk runs from (never the
+    current folder, whose ``examples`` would be imported and run)."""
+    candidate = Path(__file__).resolve().parents[2]
+    if (candidate / "examples" / "flashsale" / "__init__.py").is_file():
+        return candidate
     return None
 
 

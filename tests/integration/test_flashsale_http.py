@@ -41,6 +41,7 @@ from examples.flashsale.edge import EdgeCache
 from examples.flashsale.http import MAX_BODY, create_app
 from examples.flashsale.service import FlashSale, Settings
 from examples.flashsale.services import PaymentGateway
+from obelisk.errors import AggregateNotFound
 from obelisk.messaging.message import Delivery
 from obelisk.messaging.relay import message_for
 from obelisk.messaging.worker import MessageContext
@@ -621,6 +622,36 @@ async def test_a_key_reused_with_another_body_does_not_claim_what_was_not_done(
     ), other.text
 
 
+async def test_a_key_reused_to_open_another_section_is_422_and_opens_nothing(
+    service: Service,
+) -> None:
+    await service.open("sec", stock=10)
+    first = await service.http.post("/sections", headers={"idempotency-key": "open-1"}, json={
+        "section_id": "s1", "sale_id": "sale-1", "name": "A", "stock": 5})  # fmt: skip
+    assert first.status_code == 201, first.text
+
+    other = await service.http.post("/sections", headers={"idempotency-key": "open-1"}, json={
+        "section_id": "s2", "sale_id": "sale-1", "name": "B", "stock": 5})  # fmt: skip
+
+    assert other.status_code == 422, other.text
+    assert "Idempotency-Key" in _detail(other)
+    with pytest.raises(AggregateNotFound):
+        await service.sale.app.get(Section, "s2")
+
+
+async def test_a_payment_key_reused_for_another_reservation_is_422(service: Service) -> None:
+    await service.open("sec", stock=10)
+    await service.reserve("r1", "sec", 1)
+    await service.reserve("r2", "sec", 1)
+    headers = {"idempotency-key": "pay-1"}
+    assert (await service.http.post("/reservations/r1/payment", headers=headers)).status_code == 202
+
+    other = await service.http.post("/reservations/r2/payment", headers=headers)
+
+    assert other.status_code == 422, other.text
+    assert (await service.sale.app.get(Reservation, "r2")).payment == "none"
+
+
 # -- cached availability -------------------------------------------------------------------------
 
 
@@ -718,14 +749,25 @@ async def test_sale_availability_is_cached_revalidated_with_304_and_changes_afte
     ]  # fmt: skip
 
 
-async def test_availability_of_a_sale_without_sections_is_an_empty_list(
-    reader: Service,
-) -> None:
+async def test_availability_of_a_sale_without_sections_is_404(reader: Service) -> None:
     answer = await reader.http.get("/sales/no-such-sale/availability")
 
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == []
-    assert "etag" in answer.headers
+    assert answer.status_code == 404, answer.text
+    assert "no such sale" in _detail(answer)
+
+
+@pytest.mark.parametrize("path", ["/sections/{}/availability", "/sales/{}/availability"])
+@pytest.mark.parametrize("ident", ["x" * 65, "a%20b", "x" * 20_000], ids=["65", "space", "20k"])
+async def test_availability_of_an_id_breaking_the_rules_is_400_and_caches_nothing(
+    reader: Service, path: str, ident: str
+) -> None:
+    # A client cannot fill the caches with keys of things that cannot exist.
+    before = len(reader.sale.cache)
+
+    answer = await reader.http.get(path.format(ident))
+
+    assert answer.status_code == 400, answer.text
+    assert len(reader.sale.cache) == before
 
 
 # -- orders: keyset pages -------------------------------------------------------------------------
@@ -865,3 +907,21 @@ async def test_200_concurrent_reservations_never_oversell_a_section(service: Ser
     await service.caught_up(AVAILABILITY, last)
     shown = (await service.http.get("/sales/rush/availability")).json()
     assert {s["section_id"]: s["held"] for s in shown} == {s: granted[s] for s in stock}
+
+
+# -- settings from the environment ---------------------------------------------------------------
+
+
+def test_settings_come_from_obelisk_and_flashsale_variables_and_bad_ones_are_refused() -> None:
+    settings = Settings.from_env({
+        "OBELISK_STORE": "sqlite:///a.db", "FLASHSALE_STORE": "sqlite:///other.db",
+        "FLASHSALE_HOLD_SECONDS": "2.5", "FLASHSALE_TUNE_GC": "0",
+    })  # fmt: skip
+    # Where things are comes from OBELISK_* only (what `obelisk serve --store` sets).
+    assert (settings.store, settings.hold_seconds, settings.tune_gc) == (
+        "sqlite:///a.db", 2.5, False,
+    )  # fmt: skip
+    for name, value in (("FLASHSALE_DECLINE_RATE", "1.5"), ("FLASHSALE_HOLD_SECONDS", "-1"),
+                        ("FLASHSALE_TUNE_GC", "maybe")):  # fmt: skip
+        with pytest.raises(ValueError, match="flash sale settings"):
+            Settings.from_env({name: value})
