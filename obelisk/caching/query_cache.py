@@ -198,7 +198,10 @@ class QueryCache:
         self._writes: set[asyncio.Task[None]] = set()
         self._bumps: set[asyncio.Task[None]] = set()
         self._bumping: dict[str, int] = {}
-        self._owed: set[str] = set()
+        # tag -> the generation it became owed in: a payment forgives only the generations
+        # it paid (a tag owed again meanwhile, by a bump that failed, stays owed).
+        self._owed: dict[str, int] = {}
+        self._owed_generation = 0
         self._paying: asyncio.Future[None] | None = None
         self._warned_at = -math.inf
 
@@ -347,10 +350,20 @@ class QueryCache:
 
     async def _pay_owed(self) -> None:
         assert self.shared is not None
-        owed = tuple(self._owed)
-        await self.shared.invalidate(owed)
-        self._owed.difference_update(owed)
-        self._announce(owed)
+        owed = dict(self._owed)
+        await self.shared.invalidate(tuple(owed))
+        self._forgive(owed)
+        self._announce(tuple(owed))
+
+    def _owe(self, tags: tuple[str, ...]) -> None:
+        for tag in tags:
+            self._owed_generation += 1
+            self._owed[tag] = self._owed_generation
+
+    def _forgive(self, paid: dict[str, int]) -> None:
+        for tag, generation in paid.items():
+            if self._owed.get(tag) == generation:
+                del self._owed[tag]
 
     def _paid(self, attempt: asyncio.Future[None]) -> None:
         self._paying = None
@@ -359,15 +372,16 @@ class QueryCache:
 
     async def _bump(self, tags: tuple[str, ...]) -> None:
         assert self.shared is not None
-        owed = tuple(tag for tag in self._owed if tag not in tags)
+        owing = {tag: gen for tag, gen in self._owed.items() if tag not in tags}
+        owed = tuple(owing)
         try:
             await self.shared.invalidate(tags + owed)
         except Exception as exc:  # background work: counted, logged, owed
             self._shared_failed(exc)
-            self._owed.update(tags)
+            self._owe(tags)
             owed = ()
         else:
-            self._owed.difference_update(owed)
+            self._forgive(owing)
         finally:
             for tag in tags:
                 left = self._bumping[tag] - 1
@@ -457,7 +471,7 @@ class QueryCache:
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # no event loop running: owed, paid before the next lookup
-            self._owed.update(tags)
+            self._owe(tags)
             self._announce(tags)
             return
         for tag in tags:
