@@ -103,15 +103,22 @@ async def open_section(request: Request[Any, Any, Any], state: State) -> Any:
     sale = _sale(state)
     position = await sale.app.handle(data, idempotency_key=key)
     if key is not None:
-        try:
-            done = await sale.app.get(Section, data.section_id)
-        except AggregateNotFound:
-            _key_reused()
-        if (done.sale_id, done.stock, done.price_cents) != (
-            data.sale_id, data.stock, data.price_cents,
-        ):  # fmt: skip
-            _key_reused()
+        await _made_by(sale, Section, data.section_id, data, ("sale_id", "stock", "price_cents"))
     return _created({"section_id": data.section_id}, position)
+
+
+async def _made_by(
+    sale: FlashSale, cls: type[Any], ident: str, data: Any, fields: tuple[str, ...]
+) -> None:
+    """After a keyed command: the aggregate its key's events made must be this request's.
+    A repeat answers what the first request did; a key reused for another request (other
+    seats, another section) is refused rather than answered as if done."""
+    try:
+        done = await sale.app.get(cls, ident)
+    except AggregateNotFound:
+        _key_reused()
+    if any(getattr(done, name) != getattr(data, name) for name in fields):
+        _key_reused()
 
 
 def _key_reused() -> NoReturn:
@@ -127,16 +134,8 @@ async def reserve(request: Request[Any, Any, Any], state: State) -> Any:
     sale = _sale(state)
     position = await sale.app.handle(data, idempotency_key=key)
     if key is not None:
-        # A repeat answers what the first request did; a key reused for another request
-        # (other seats, another section) is refused rather than answered as if done.
-        try:
-            done = await sale.app.get(Reservation, data.reservation_id)
-        except AggregateNotFound:
-            _key_reused()
-        if (done.section_id, done.customer_id, done.seats) != (
-            data.section_id, data.customer_id, data.seats,
-        ):  # fmt: skip
-            _key_reused()
+        fields = ("section_id", "customer_id", "seats")
+        await _made_by(sale, Reservation, data.reservation_id, data, fields)
     return _created({"reservation_id": data.reservation_id, "seats": data.seats}, position)
 
 
