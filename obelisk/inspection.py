@@ -99,7 +99,7 @@ def run_inspect_cli(
     """
     from rich.console import Console
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     if limit < 0 or slowest < 0:
         err.print("[bold red]error:[/] --limit and --slowest must be >= 0", highlight=False)
         return 2

@@ -83,7 +83,7 @@ def run_profile_cli(
     from pyinstrument import Profiler
     from rich.console import Console
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         run = _resolve(target, store, quick)
     except (ValueError, ImportError) as exc:

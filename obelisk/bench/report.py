@@ -21,7 +21,7 @@ __all__ = ["error_console", "machine_summary", "print_table", "progress", "to_js
 
 def error_console() -> Console:
     """The console for progress and errors: stderr, so stdout stays clean for ``--json``."""
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def progress(console: Console) -> Callable[[str], None]:

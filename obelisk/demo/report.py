@@ -162,7 +162,7 @@ class RichProgress:
     """A rich progress bar on stderr; a no-op when ``enabled`` is false or stderr is no TTY."""
 
     def __init__(self, *, enabled: bool = True) -> None:
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)
         # A bar redrawn into a file or pipe is noise: only draw it for a person watching.
         self._progress = Progress(
             TextColumn("{task.description:<18}"),

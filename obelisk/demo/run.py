@@ -233,7 +233,7 @@ def run_demo_cli(
         0 when the store passed verification, 1 when it did not, 2 when the run could
         not start (bad sizes, bad store URL, store unavailable).
     """
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     problem = _usage_problem(clients, accounts, deposits, store_url)
     if problem is not None:
         err.print(Text(f"obelisk demo: {problem}", style="red"))

@@ -26,7 +26,7 @@ Group = Annotated[str, typer.Option("--group", help="The consumer group.")]
 def _fail(message: str) -> typer.Exit:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(2)
 
 

@@ -101,7 +101,7 @@ def run_metrics_cli(url: str, *, host: str, port: int, once: bool) -> int:
     from obelisk.inspection import refuse_missing_file
     from obelisk.store.url import store_from_url
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         refuse_missing_file(url)
         store = store_from_url(url)
