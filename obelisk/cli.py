@@ -168,13 +168,25 @@ def inspect(
         list[str] | None,
         typer.Option("--import", help="A module defining your event classes (repeatable)."),
     ] = None,
+    undecodable: Annotated[
+        bool,
+        typer.Option(
+            "--undecodable",
+            help="List the events that cannot be decoded (up to --limit); exit 1 if any.",
+        ),
+    ] = False,
 ) -> None:
     """List the largest streams (events, bytes, snapshot) and the slowest to load."""
     from obelisk.inspection import run_inspect_cli
 
     raise typer.Exit(
         run_inspect_cli(
-            store, limit=limit, slowest=slowest, json_output=json_output, imports=imports or ()
+            store,
+            limit=limit,
+            slowest=slowest,
+            json_output=json_output,
+            imports=imports or (),
+            undecodable=undecodable,
         )
     )
 

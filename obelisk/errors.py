@@ -101,6 +101,7 @@ class StoreClosed(StoreError):
 class _StoredEventError(StoreError):
     def __init__(self, reason: str, stream_id: str, version: int, position: int) -> None:
         super().__init__(f"{reason} (stream {stream_id!r}, version {version}, position {position})")
+        self.reason = reason
         self.stream_id = stream_id
         self.version = version
         self.position = position

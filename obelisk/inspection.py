@@ -19,8 +19,11 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from obelisk.errors import ObeliskError, UnknownEventType
+from obelisk.errors import CorruptEvent, ObeliskError, UnknownEventType
+from obelisk.inspect_undecodable import print_undecodable
 from obelisk.store.base import EventStore
+from obelisk.store.records import StoredEvent
+from obelisk.store.scan import find_undecodable
 from obelisk.store.url import store_from_url
 
 __all__ = [
@@ -83,19 +86,28 @@ async def _load_ms(store: EventStore, stream_id: str, from_version: int) -> floa
         await store.load_snapshot(stream_id)
         try:
             await store.read_stream_events(stream_id, from_version=from_version)
-        except UnknownEventType:
-            return None  # decoding needs the application's event classes (--import)
+        except (UnknownEventType, CorruptEvent):
+            # Decoding needs the application's event classes (--import), or the stream
+            # holds an undecodable event (--undecodable lists them).
+            return None
         best = min(best, time.perf_counter() - started)
     return best * 1000
 
 
 def run_inspect_cli(
-    url: str, *, limit: int, slowest: int, json_output: bool, imports: Sequence[str] = ()
+    url: str,
+    *,
+    limit: int,
+    slowest: int,
+    json_output: bool,
+    imports: Sequence[str] = (),
+    undecodable: bool = False,
 ) -> int:
     """``obelisk inspect``: print the report; 0, or 2 for a bad URL or unreachable store.
 
     ``imports`` names modules to import first: those defining the application's event
-    classes, without which loads cannot be decoded (and are not timed).
+    classes, without which loads cannot be decoded (and are not timed). ``undecodable``
+    lists the events that cannot be decoded instead (up to ``limit``): 1 when there are.
     """
     from rich.console import Console
 
@@ -112,10 +124,16 @@ def run_inspect_cli(
     try:
         refuse_missing_file(url)
         store = store_from_url(url)
-        report = asyncio.run(_inspect(store, limit, slowest))
+        if undecodable:
+            found = asyncio.run(_undecodable(store, limit))
+        else:
+            report = asyncio.run(_inspect(store, limit, slowest))
     except (ValueError, ObeliskError, OSError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    if undecodable:
+        print_undecodable(found, json_output)
+        return 1 if found else 0
     if json_output:
         sys.stdout.write(json.dumps(msgspec.to_builtins(report), indent=2) + "\n")
     else:
@@ -139,6 +157,11 @@ def refuse_missing_file(url: str) -> None:
         path = Path(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if not path.exists():
             raise ValueError(f"{path} does not exist")
+
+
+async def _undecodable(store: EventStore, limit: int) -> list[StoredEvent]:
+    async with store:
+        return await find_undecodable(store, limit=limit)
 
 
 async def _inspect(store: EventStore, limit: int, slowest: int) -> InspectReport:

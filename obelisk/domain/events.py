@@ -13,7 +13,7 @@ import msgspec
 
 from obelisk.errors import DuplicateEventType
 
-__all__ = ["Event", "EventRegistry", "Upcaster", "default_registry"]
+__all__ = ["Event", "EventRegistry", "UndecodableEvent", "Upcaster", "default_registry"]
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 _E = TypeVar("_E", bound="type[Event]")
@@ -103,7 +103,8 @@ class Event(_FrozenStruct):
         # Each class gets its own upcaster table; inheriting the parent's would apply a
         # parent's migrations to a child's payloads.
         cls.upcasters = {}
-        default_registry.register(cls)
+        if "_placeholder" not in cls.__dict__:
+            default_registry.register(cls)
 
     @classmethod
     def upcaster(cls, from_version: int) -> Callable[[Upcaster], Upcaster]:
@@ -123,3 +124,29 @@ class Event(_FrozenStruct):
             return fn
 
         return register
+
+
+class UndecodableEvent(Event):
+    """A stored event that cannot be decoded, handed out in its place by a read that asked
+    to keep such rows (``read_all(keep_undecodable=True)``), so a follower can dead-letter
+    it and go on instead of stopping the whole page.
+
+    Never registered and never written: a store refuses to append one.
+
+    Attributes:
+        type_name: the type name stored on the row.
+        stored_schema_version: the schema version stored on the row.
+        data: the raw payload bytes, as stored.
+        error: why it could not be decoded (an unknown type, or the decoder's message).
+        unknown_type: True when no registered class has ``type_name`` (the payload may be
+            sound: a process that imports the class reads it).
+    """
+
+    event_type: ClassVar[str] = "obelisk.UndecodableEvent"
+    _placeholder: ClassVar[bool] = True
+
+    type_name: str
+    stored_schema_version: int
+    data: bytes
+    error: str
+    unknown_type: bool = False

@@ -20,6 +20,7 @@ import msgspec
 import msgspec.inspect
 
 from obelisk.domain.aggregate import Aggregate
+from obelisk.domain.values import check_value_nesting, first_difference, may_nest_deeply, value_at
 
 __all__ = ["StateCodec", "StateError", "state_codec"]
 
@@ -44,6 +45,7 @@ class StateCodec:
         self._decoder = msgspec.msgpack.Decoder(struct)
         self._encoder = msgspec.msgpack.Encoder()
         self._names = tuple(self.fields)
+        self._deep = may_nest_deeply(struct)
 
     @property
     def schema_version(self) -> int:
@@ -51,11 +53,32 @@ class StateCodec:
         return self.cls.state_version
 
     def encode(self, aggregate: Aggregate) -> bytes:
-        """The state of ``aggregate`` (which must have no pending events) as bytes."""
+        """The state of ``aggregate`` (which must have no pending events) as bytes.
+
+        Checked before written, as events are: the bytes are decoded back and compared, so
+        a state holding a value of another type than declared (a float in an ``int``) is
+        refused here rather than stored as a snapshot that could never be loaded.
+        """
+        name = self.cls.__qualname__
         try:
-            return self._encoder.encode({name: getattr(aggregate, name) for name in self._names})
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise StateError(f"cannot encode the state of {self.cls.__qualname__}: {exc}") from exc
+            state = {field: getattr(aggregate, field) for field in self._names}
+            if self._deep:
+                check_value_nesting(state, f"the state of {name}")
+            data = self._encoder.encode(state)
+            back = self._decoder.decode(data)
+        except RecursionError:
+            raise StateError(f"the state of {name} is nested too deeply to encode") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # msgspec.ValidationError and obelisk's ValidationError are ValueErrors.
+            raise StateError(f"cannot encode the state of {name}: {exc}") from exc
+        for field, written in state.items():
+            path = first_difference(written, getattr(back, field), f".{field}")
+            if path is not None:
+                raise StateError(
+                    f"cannot snapshot {name}: {name}{path} = {value_at(state, path)!r} would "
+                    f"read back as {value_at(back, path)!r}: give it its declared type"
+                )
+        return data
 
     def decode(self, aggregate_id: str, version: int, data: bytes) -> Aggregate:
         """A new instance at ``version`` whose state is ``data``."""

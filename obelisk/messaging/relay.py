@@ -13,6 +13,12 @@ broker keeps one copy. The checkpoint and the lease are the projection runner's 
 a relay can run inside the application process or alone (``obelisk relay``), and two relays
 of one name never publish at once.
 
+An event that cannot be decoded here (its class is not imported by this process, or its
+payload is corrupt) is published as stored: its raw payload, its stored type name and
+schema version. The relay is a pipe, and the log is the truth: a worker that knows the
+class decodes it, and one that cannot dead-letters it with the reason (its policy, never
+a silent skip). The relay logs each one and counts it in ``undecodable``.
+
 Topics and subjects: a message goes to ``topic`` (``events`` by default; with
 ``partitions=N``, ``events.p<k>`` where k is the partition of its stream, so N workers can
 each own a partition and keep per-stream order across processes); its subject is
@@ -21,11 +27,19 @@ each own a partition and keep per-stream order across processes); its subject is
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from obelisk.errors import BrokerUnavailable, StoreUnavailable, ValidationError
+from obelisk.domain.events import Event, UndecodableEvent
+from obelisk.errors import (
+    BrokerUnavailable,
+    CorruptEvent,
+    StoreUnavailable,
+    UnknownEventType,
+    ValidationError,
+)
 from obelisk.messaging import message as headers
 from obelisk.messaging.broker import Broker
 from obelisk.messaging.message import Message, validate_topic
@@ -40,6 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = ["OutboxRelay", "message_for"]
 
+_log = logging.getLogger("obelisk.messaging.relay")
+
 UNKNOWN_TYPE = "unknown"
 _MAX_KNOWN_TYPES = 100_000
 
@@ -51,9 +67,13 @@ def message_for(
     event itself does not carry it)."""
     event = stored.event
     stream_type = stored.stream_type or stream_type or UNKNOWN_TYPE
+    if type(event) is UndecodableEvent:
+        event_type, schema_version = event.type_name, event.stored_schema_version
+    else:
+        event_type, schema_version = event.event_type, event.schema_version
     values = {
-        headers.EVENT_TYPE: event.event_type,
-        headers.SCHEMA_VERSION: str(event.schema_version),
+        headers.EVENT_TYPE: event_type,
+        headers.SCHEMA_VERSION: str(schema_version),
         headers.POSITION: str(stored.position),
         headers.STREAM_ID: stored.stream_id,
         headers.STREAM_VERSION: str(stored.version),
@@ -68,7 +88,7 @@ def message_for(
     return Message(
         stored.event_id.hex,
         topic,
-        f"{stream_type}.{event.event_type}",
+        f"{stream_type}.{event_type}",
         stored.stream_id,
         payload,
         values,
@@ -134,6 +154,7 @@ class OutboxRelay(ProjectionRunner):
         self._types = None if types is None else sorted(types)
         self.published = 0
         self.duplicates = 0
+        self.undecodable = 0
         self.publish_seconds = 0.0
         self._types_seen: dict[str, str | None] = {}
 
@@ -157,7 +178,9 @@ class OutboxRelay(ProjectionRunner):
             chosen = [e for e in events if accept is None or accept(e)]
             types = await self._stream_types(chosen)
             messages = [
-                message_for(e, encode(e.event), self.topic_of(e.stream_id), types.get(e.stream_id))
+                message_for(
+                    e, self._payload(e, encode), self.topic_of(e.stream_id), types.get(e.stream_id)
+                )
                 for e in chosen
             ]
             started = time.perf_counter()
@@ -170,6 +193,17 @@ class OutboxRelay(ProjectionRunner):
         async with self.read_store.transaction() as tx:
             await self._advance(tx, claim, target, events)
         self._after_commit(events, target, len(events), 0.0)
+
+    def _payload(self, stored: StoredEvent, encode: Callable[[Event], bytes]) -> bytes:
+        event = stored.event
+        if type(event) is not UndecodableEvent:
+            return encode(event)
+        self.undecodable += 1
+        _log.warning(
+            "relay %s publishes an event it cannot decode as stored (position %d, %s): %s",
+            self.name, stored.position, event.type_name, event.error,
+        )  # fmt: skip
+        return event.data
 
     async def _stream_types(self, events: Sequence[StoredEvent]) -> dict[str, str | None]:
         """The aggregate type of each stream in ``events``. Stores write it on a stream's
@@ -187,7 +221,10 @@ class OutboxRelay(ProjectionRunner):
             if sid not in known:
                 if len(known) >= _MAX_KNOWN_TYPES:
                     known.clear()  # bounded; refilled from first events and lookups
-                first = await self.store.read_stream(sid, from_version=1, to_version=1)
+                try:
+                    first = await self.store.read_stream(sid, from_version=1, to_version=1)
+                except (UnknownEventType, CorruptEvent):
+                    first = []  # its first event is undecodable: the subject says "unknown"
                 known[sid] = first[0].stream_type if first else None
             out[sid] = known[sid]
         return out
@@ -199,4 +236,5 @@ class OutboxRelay(ProjectionRunner):
             "position": self.position,
             "published": self.published,
             "duplicates": self.duplicates,
+            "undecodable": self.undecodable,
         }

@@ -9,7 +9,10 @@ resumes from the committed checkpoint, so every event's effect lands exactly onc
 
 A handler that raises is a poison event: by default the runner stops and reports it
 (:class:`ProjectionError`); with ``on_error="dead-letter"`` the event is recorded in the
-dead-letter table, the rest of its page is applied, and the runner goes on.
+dead-letter table, the rest of its page is applied, and the runner goes on. An event of a
+handled type that cannot be decoded (a corrupt payload, written by old code or another
+writer) is a poison event too: it reaches the policy as its CorruptEvent, never stalls the
+page it is on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
+from obelisk.domain.events import UndecodableEvent
 from obelisk.errors import (
     ObeliskError,
     StoreError,
@@ -36,6 +40,7 @@ from obelisk.observability.histogram import FastHistogram
 from obelisk.projections.projection import Context, Projection
 from obelisk.projections.readstore import Claim, DeadLetter, ReadStore, ReadTransaction
 from obelisk.projections.tables import ChangeSet, Table
+from obelisk.store.records import undecodable_error
 
 if TYPE_CHECKING:
     from obelisk.store.base import EventStore
@@ -47,6 +52,7 @@ _log = logging.getLogger("obelisk.projections")
 
 OnError = Literal["stop", "dead-letter"]
 MAX_SPAN_LINKS: Final = 32
+MAX_PAYLOAD_SHOWN: Final = 1024  # bytes of an undecodable payload kept in its dead letter
 _FIRST_RETRY: Final = 0.005  # after a wake-up that found nothing readable yet
 BATCH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -367,7 +373,10 @@ class ProjectionRunner:
                     prefetch = None
                 else:
                     page = await store.read_all(
-                        after=self.position, limit=self.page_size, types=self._types
+                        after=self.position,
+                        limit=self.page_size,
+                        types=self._types,
+                        keep_undecodable=True,
                     )
                 short = len(page) < self.page_size
                 if not short:
@@ -375,7 +384,10 @@ class ProjectionRunner:
                     # database and the read database work at the same time).
                     prefetch = asyncio.ensure_future(
                         store.read_all(
-                            after=page[-1].position, limit=self.page_size, types=self._types
+                            after=page[-1].position,
+                            limit=self.page_size,
+                            types=self._types,
+                            keep_undecodable=True,
                         )
                     )
                 caught_up = short and head is not None
@@ -498,6 +510,8 @@ class ProjectionRunner:
                 ):
                     return False
                 if self.on_error == "stop":
+                    if type(poison.event) is UndecodableEvent:
+                        raise failed.error from None  # the store's own error, naming the row
                     raise ProjectionError(self.name, poison, failed.error) from failed.error
                 _log.error(
                     "projection %s dead-letters position %d (%s): %s",
@@ -514,9 +528,7 @@ class ProjectionRunner:
                         poison.stream_id,
                         poison.version,
                         poison.event_type,
-                        "".join(
-                            traceback.format_exception_only(type(failed.error), failed.error)
-                        ).strip(),
+                        _described(poison, failed.error),
                         time.time(),
                     )
                 )
@@ -587,6 +599,10 @@ class ProjectionRunner:
             for index, stored in enumerate(events):
                 entry = dispatch.get(type(stored.event))
                 if entry is None:
+                    if type(stored.event) is UndecodableEvent:
+                        # Read because its stored type is one this projection handles.
+                        error = undecodable_error(stored)
+                        raise _HandlerFailed(index, error) from error
                     continue  # a type this projection does not handle: skipped
                 ctx.stored = stored
                 try:
@@ -642,6 +658,19 @@ class ProjectionRunner:
         self._advanced.set()
         if self.on_batch is not None:
             self.on_batch(self)
+
+
+def _described(poison: StoredEvent, error: BaseException) -> str:
+    """A dead letter's error text; an undecodable event's raw payload goes with it (the
+    row stays in the log too, where ``obelisk inspect --undecodable`` shows it)."""
+    text = "".join(traceback.format_exception_only(type(error), error)).strip()
+    event = poison.event
+    if type(event) is UndecodableEvent:
+        raw = event.data
+        shown = raw[:MAX_PAYLOAD_SHOWN]
+        more = f" ({len(raw)} bytes)" if len(raw) > MAX_PAYLOAD_SHOWN else ""
+        text += f"; payload: {shown!r}{more}"
+    return text
 
 
 def _retrieve(future: asyncio.Future[list[StoredEvent]]) -> None:

@@ -5,20 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from obelisk.domain.events import Event
+from obelisk.domain.events import Event, UndecodableEvent
+from obelisk.errors import CorruptEvent, UnknownEventType
 from obelisk.store.codec import EventCodec, split_type_key
 from obelisk.store.records import StoredEvent
 
-__all__ = ["decode_envelopes", "decode_payloads", "decode_rest"]
+__all__ = [
+    "decode_envelopes",
+    "decode_payloads",
+    "decode_rest",
+    "undecodable",
+]
 
 
-def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[StoredEvent]:
+def decode_envelopes(
+    codec: EventCodec, rows: Sequence[Sequence[Any]], keep_undecodable: bool = False
+) -> list[StoredEvent]:
     """StoredEvents from rows of (position, stream_id, version, event_id bytes, type key,
     data, recorded_at, correlation_id, causation_id, trace_context, stream_type).
 
     The common row (a known type at its current schema) goes straight to its struct; any
     other row goes through ``codec.decode``, which upcasts, or raises UnknownEventType /
-    CorruptEvent naming stream, version and position.
+    CorruptEvent naming stream, version and position; with ``keep_undecodable`` such a row
+    comes back as an :class:`UndecodableEvent` holding its raw payload and the error.
     """
     fast = codec.fast_decoders
     out: list[StoredEvent] = []
@@ -33,7 +42,12 @@ def decode_envelopes(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[S
                 event = None  # decode() below raises CorruptEvent naming the row
         if event is None:
             type_name, schema_version = split_type_key(key)
-            event = codec.decode(type_name, schema_version, data, sid, ver, pos)
+            try:
+                event = codec.decode(type_name, schema_version, data, sid, ver, pos)
+            except (UnknownEventType, CorruptEvent) as exc:
+                if not keep_undecodable:
+                    raise
+                event = undecodable(type_name, schema_version, data, exc)
         append(StoredEvent(pos, sid, ver, event, eid, at, corr, caus, trace, stype))
     return out
 
@@ -68,3 +82,22 @@ def decode_rest(
     decode = codec.decode
     for position, version, type_name, schema_version, data in rows:
         out.append(decode(type_name, schema_version, data, stream_id, version, position))
+
+
+def undecodable(
+    type_name: str, schema_version: int, data: Any, error: UnknownEventType | CorruptEvent
+) -> UndecodableEvent:
+    """The placeholder of a row that cannot be decoded (``error`` says why)."""
+    if isinstance(data, bytes):
+        raw = data
+    elif isinstance(data, str):  # another writer put text in the column
+        raw = data.encode("utf-8", "surrogatepass")
+    else:
+        raw = b"" if data is None else bytes(data)
+    return UndecodableEvent(
+        type_name=type_name,
+        stored_schema_version=schema_version,
+        data=raw,
+        error=error.reason,
+        unknown_type=isinstance(error, UnknownEventType),
+    )

@@ -11,12 +11,12 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Literal, Self
 from uuid import UUID
 
 import msgspec
 
-from obelisk.domain.events import Event
+from obelisk.domain.events import Event, UndecodableEvent
 from obelisk.errors import ValidationError
 from obelisk.store._envelopes import decode_payloads
 from obelisk.store.codec import EventCodec
@@ -37,16 +37,75 @@ __all__ = [
     "EncodedEvent",
     "EventStore",
     "PreparedAppend",
+    "check_int64",
     "check_limit",
+    "check_position",
+    "check_stream_after",
+    "check_types",
+    "check_versions",
     "prepare_appends",
     "validate_snapshot",
 ]
 
 
+_INT64_MAX: Final = 2**63 - 1
+
+
 def check_limit(limit: int | None) -> None:
-    """Refuse a negative read limit (backends would disagree on what it means)."""
-    if limit is not None and (type(limit) is not int or limit < 0):
-        raise ValidationError(f"limit must be an int >= 0, got {limit!r}")
+    """Refuse a negative read limit (backends would disagree on what it means), or one
+    beyond what a database integer holds."""
+    if limit is not None and (type(limit) is not int or not 0 <= limit <= _INT64_MAX):
+        raise ValidationError(f"limit must be an int from 0 to 2**63-1, got {limit!r}")
+
+
+def check_int64(name: str, value: object) -> int:
+    """``value`` if it is an int a database integer holds (positions, versions), else
+    ValidationError: drivers would raise OverflowError or their own errors."""
+    if type(value) is not int or not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+        raise ValidationError(f"{name} must be an int from -2**63 to 2**63-1, got {value!r}")
+    return value
+
+
+def check_versions(from_version: object, to_version: object) -> None:
+    """A stream read's bounds, checked like :func:`check_int64` (defaults cost one compare)."""
+    if from_version != 1:
+        check_int64("from_version", from_version)
+    if to_version is not None:
+        check_int64("to_version", to_version)
+
+
+def check_position(after: object) -> int:
+    """A read's ``after`` position, checked like :func:`check_int64`."""
+    return check_int64("after", after)
+
+
+def check_types(types: Iterable[str]) -> list[str]:
+    """Event type names to filter a read by: each a printable str (as every type name is)."""
+    if isinstance(types, str | bytes):
+        raise ValidationError(f"types must be a collection of type names, got {types!r}")
+    try:
+        names = list(types)
+    except TypeError:
+        raise ValidationError(f"types must be a collection of type names, got {types!r}") from None
+    for name in names:
+        if not isinstance(name, str) or not name.isprintable():
+            raise ValidationError(f"types holds {name!r}, which is no event type name")
+    return names
+
+
+def check_stream_after(after: object) -> str | None:
+    """``list_streams``'s ``after``: None or a str a database can hold (no lone surrogates)."""
+    if after is None:
+        return None
+    if not isinstance(after, str):
+        raise ValidationError(f"after must be a stream id or None, got {type(after).__name__}")
+    try:
+        after.encode()
+    except UnicodeEncodeError:
+        raise ValidationError(f"after {after!r} is not valid text (a lone surrogate)") from None
+    if "\x00" in after:
+        raise ValidationError("after must not hold NUL characters")
+    return after
 
 
 def validate_snapshot(snapshot: object) -> Snapshot:
@@ -119,17 +178,17 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
                 )
             seen_ids.update(ids)
         encoded = []
-        encode = codec.encode
+        encode = codec.encode_checked
         for index, event in enumerate(events):
-            if not isinstance(event, Event):
+            if not isinstance(event, Event) or isinstance(event, UndecodableEvent):
                 raise ValidationError(
                     f"append to {stream_id!r}: {type(event).__name__} is not an obelisk Event"
+                    " that can be stored"
                 )
             cls = type(event)
-            try:
-                data = encode(event)
-            except (TypeError, ValueError) as exc:
-                raise ValidationError(f"cannot encode {cls.__qualname__}: {exc}") from exc
+            # Checked before written: a value that would not read back is refused here,
+            # before any store holds a row it cannot give back.
+            data = encode(event)
             encoded.append(EncodedEvent(ids[index], cls.event_type, cls.schema_version, data))
         prepared.append(
             PreparedAppend(
@@ -258,12 +317,20 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def read_all(
-        self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+        keep_undecodable: bool = False,
     ) -> list[StoredEvent]:
         """Up to ``limit`` events with positions > ``after`` in commit order.
 
         ``types`` keeps only events whose type name is listed. A reader never sees
-        position n+1 before it can see n.
+        position n+1 before it can see n. A row that cannot be decoded (an unknown type, a
+        corrupt payload) raises UnknownEventType / CorruptEvent, or with
+        ``keep_undecodable`` comes back as an :class:`UndecodableEvent` in its place, so a
+        follower can dead-letter it and go on.
         """
 
     @abc.abstractmethod
@@ -351,15 +418,22 @@ class EventStore(abc.ABC):
         types: Iterable[str] | None = None,
         page_size: int = 1000,
         poll_interval: float = 1.0,
+        undecodable: Literal["stop", "yield"] = "stop",
     ) -> Subscription:
         """Follow the log after ``after``: catch up in pages, then wait for new commits.
 
         Commits made through this store object wake the subscription at once; commits by
         other processes are seen through the store's wake channel (PostgreSQL: LISTEN) or
-        within ``poll_interval``.
+        within ``poll_interval``. An event that cannot be decoded stops the subscription
+        with its error (``"stop"``) or is handed out as an UndecodableEvent (``"yield"``).
         """
         return Subscription(
-            self, after=after, types=types, page_size=page_size, poll_interval=poll_interval
+            self,
+            after=after,
+            types=types,
+            page_size=page_size,
+            poll_interval=poll_interval,
+            undecodable=undecodable,
         )
 
     def _wake_channel(self, wake: Callable[[], None]) -> WakeChannel | None:

@@ -7,12 +7,20 @@ stored under an older schema version take the dict path, through their upcasters
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import msgspec
 
 from obelisk.domain.events import Event, EventRegistry, default_registry
-from obelisk.errors import CorruptEvent, UnknownEventType
+from obelisk.domain.values import (
+    MAX_NESTING,
+    check_value_nesting,
+    first_difference,
+    may_nest_deeply,
+    value_at,
+)
+from obelisk.errors import CorruptEvent, UnknownEventType, ValidationError
 
 __all__ = [
     "TYPE_KEY_SEPARATOR",
@@ -49,6 +57,9 @@ class EventCodec:
         self._typed: dict[str, tuple[type[Event], _Decoder]] = {}
         self.fast_decoders: dict[str, _Decoder] = {}
         self._untyped = self._make_decoder(None)
+        # Per class: the typed decoder that reads an event back before it is written,
+        # and whether its values can nest deeper than the limit (only then walked).
+        self._checkers: dict[type[Event], tuple[_Decoder, bool]] = {}
 
     def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
         raise NotImplementedError  # pragma: no cover - each format overrides it
@@ -56,6 +67,51 @@ class EventCodec:
     def encode(self, event: Event) -> bytes:
         """The payload bytes of ``event``."""
         raise NotImplementedError  # pragma: no cover - each format overrides it
+
+    def encode_checked(self, event: Event) -> bytes:
+        """The payload bytes of ``event``, once they are known to read back as ``event``.
+
+        msgspec checks types only when decoding, so a struct built in code with a float
+        in an ``int`` field, or NaN in a ``float`` field under JSON, encodes without a
+        word and could then never be read. Decoding the bytes with the typed decoder the
+        store reads with, and comparing, is exact and cheap (0.15-0.4 us for a typical
+        event, measured in W1/W2/W6: docs/benchmarks.md).
+
+        Raises:
+            ValidationError: naming the event class, the field and the value; nothing
+                has been written.
+        """
+        cls = type(event)
+        checker = self._checkers.get(cls)
+        if checker is None:
+            checker = self._checkers[cls] = (self._make_decoder(cls), may_nest_deeply(cls))
+        decoder, deep = checker
+        if deep:
+            check_value_nesting(event, f"{cls.__qualname__}")
+        try:
+            data = self.encode(event)
+        except RecursionError:
+            raise ValidationError(
+                f"{cls.__qualname__} is nested deeper than {MAX_NESTING} levels"
+            ) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValidationError(f"cannot encode {cls.__qualname__}: {exc}") from exc
+        try:
+            back = decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+            raise _refusal(event, exc) from None
+        if back != event:
+            # Equal but for NaN (which equals nothing) is a faithful copy (MessagePack).
+            path = first_difference(event, back)
+            if path is not None:
+                written = value_at(event, path)
+                read = value_at(back, path)
+                raise ValidationError(
+                    f"{cls.__qualname__}{path} = {_shown(written)} would read back as "
+                    f"{_shown(read)}: {_non_finite_hint(written) or 'give it its declared type'}"
+                    "; nothing was written"
+                )
+        return data
 
     def decode(
         self,
@@ -75,7 +131,13 @@ class EventCodec:
             if schema_version == cls.schema_version:
                 return decoder.decode(data)  # type: ignore[no-any-return]
             return self._upcast(cls, schema_version, data)
-        except (msgspec.DecodeError, msgspec.ValidationError, TypeError, ValueError) as exc:
+        except (
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            TypeError,
+            ValueError,
+            RecursionError,  # a payload nested past the interpreter's limit
+        ) as exc:
             raise CorruptEvent(
                 f"cannot decode {type_name} v{schema_version}: {exc}", stream_id, version, position
             ) from exc
@@ -155,6 +217,39 @@ class MsgPackCodec(EventCodec):
 
     def _make_decoder(self, cls: type[Event] | None) -> _Decoder:
         return msgspec.msgpack.Decoder(cls) if cls is not None else msgspec.msgpack.Decoder()
+
+
+def _refusal(event: Event, exc: Exception) -> ValidationError:
+    """The error for an event whose bytes do not decode back into its class."""
+    cls = type(event)
+    message = str(exc)
+    if isinstance(exc, RecursionError):
+        return ValidationError(f"{cls.__qualname__} is nested deeper than {MAX_NESTING} levels")
+    path = message.rpartition(" - at `$")[2].rstrip("`") if " - at `$" in message else ""
+    value = value_at(event, path)
+    reason = message.partition(" - at `")[0]
+    where = f"{cls.__qualname__}{path}" if path else cls.__qualname__
+    hint = _non_finite_hint(value)
+    if hint:
+        return ValidationError(
+            f"{where} = {_shown(value)} cannot be stored: {hint}; nothing was written"
+        )
+    return ValidationError(
+        f"{where} = {_shown(value)} does not match its declared type: {reason}"
+        "; nothing was written"
+    )
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _non_finite_hint(value: object) -> str:
+    # Only the JSON codec gets here with one: MessagePack keeps NaN and infinity exactly.
+    if isinstance(value, float) and not math.isfinite(value):
+        return "JSON has no NaN or infinity (use None for a missing number, or the msgpack codec)"
+    return ""
 
 
 def split_type_key(type_key: str) -> tuple[str, int]:

@@ -12,13 +12,18 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from obelisk.domain.events import Event
-from obelisk.errors import ConcurrencyError, StoreClosed
+from obelisk.errors import ConcurrencyError, CorruptEvent, StoreClosed, UnknownEventType
+from obelisk.store._envelopes import undecodable
 from obelisk.store._idempotency import replayed_result
 from obelisk.store.base import (
     EncodedEvent,
     EventStore,
     PreparedAppend,
     check_limit,
+    check_position,
+    check_stream_after,
+    check_types,
+    check_versions,
     prepare_appends,
     validate_snapshot,
 )
@@ -147,12 +152,19 @@ class MemoryEventStore(EventStore):
             row.position,
         )
 
-    def _envelope(self, row: _Row) -> StoredEvent:
+    def _envelope(self, row: _Row, keep_undecodable: bool = False) -> StoredEvent:
+        try:
+            event = self._decode(row)
+        except (UnknownEventType, CorruptEvent) as exc:
+            if not keep_undecodable:
+                raise
+            encoded = row.encoded
+            event = undecodable(encoded.type_name, encoded.schema_version, encoded.data, exc)
         return StoredEvent(
             row.position,
             row.stream_id,
             row.version,
-            self._decode(row),
+            event,
             row.encoded.event_id,
             row.recorded_at,
             row.correlation_id,
@@ -182,6 +194,7 @@ class MemoryEventStore(EventStore):
         to_version: int | None = None,
         limit: int | None = None,
     ) -> list[StoredEvent]:
+        check_versions(from_version, to_version)
         self._check_open()
         check_limit(limit)
         rows = self._slice(stream_id, from_version, to_version, limit)
@@ -190,21 +203,28 @@ class MemoryEventStore(EventStore):
     async def read_stream_events(
         self, stream_id: str, *, from_version: int = 1, to_version: int | None = None
     ) -> list[Event]:
+        check_versions(from_version, to_version)
         self._check_open()
         return [self._decode(row) for row in self._slice(stream_id, from_version, to_version, None)]
 
     async def read_all(
-        self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+        keep_undecodable: bool = False,
     ) -> list[StoredEvent]:
         self._check_open()
         check_limit(limit)
-        wanted = None if types is None else frozenset(types)
+        check_position(after)
+        wanted = None if types is None else frozenset(check_types(types))
         out: list[StoredEvent] = []
-        for row in self._log[max(after, 0) :]:
+        for row in self._log[after:]:
             if len(out) >= limit:
                 break
             if wanted is None or row.encoded.type_name in wanted:
-                out.append(self._envelope(row))
+                out.append(self._envelope(row, keep_undecodable))
         return out
 
     async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
@@ -222,6 +242,8 @@ class MemoryEventStore(EventStore):
 
     async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
         self._check_open()
+        check_limit(limit)
+        after = check_stream_after(after)
         ids = sorted(sid for sid in self._streams if after is None or sid > after)[:limit]
         return [
             StreamInfo(sid, self._streams[sid].stream_type, len(self._streams[sid].rows),

@@ -31,7 +31,16 @@ from obelisk.store._pg_schema import (
 )
 from obelisk.store._pg_shelf import ConnectionShelf
 from obelisk.store._pg_writer import PostgresWriter, translate
-from obelisk.store.base import EventStore, check_limit, prepare_appends, validate_snapshot
+from obelisk.store.base import (
+    EventStore,
+    check_limit,
+    check_position,
+    check_stream_after,
+    check_types,
+    check_versions,
+    prepare_appends,
+    validate_snapshot,
+)
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import (
     AppendRequest,
@@ -443,6 +452,7 @@ class PostgresEventStore(EventStore):
         to_version: int | None = None,
         limit: int | None = None,
     ) -> list[StoredEvent]:
+        check_versions(from_version, to_version)
         check_limit(limit)
         rows = await self._fetch(
             "stream", _valid(stream_id), from_version, _upper(to_version), limit
@@ -452,6 +462,7 @@ class PostgresEventStore(EventStore):
     async def read_stream_events(
         self, stream_id: str, *, from_version: int = 1, to_version: int | None = None
     ) -> list[Event]:
+        check_versions(from_version, to_version)
         from_version = max(from_version, 1)
         upper = _upper(to_version)
         if from_version == 1 and to_version is None and self._loader is not None:
@@ -468,14 +479,20 @@ class PostgresEventStore(EventStore):
         return out
 
     async def read_all(
-        self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+        keep_undecodable: bool = False,
     ) -> list[StoredEvent]:
         check_limit(limit)
+        check_position(after)
         if types is None:
             rows = await self._fetch("all", after, limit)
         else:
-            rows = await self._fetch("all_types", after, limit, list(types))
-        return decode_envelopes(self.codec, rows)
+            rows = await self._fetch("all_types", after, limit, check_types(types))
+        return decode_envelopes(self.codec, rows, keep_undecodable)
 
     async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
         if not event_ids:
@@ -493,6 +510,7 @@ class PostgresEventStore(EventStore):
 
     async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
         check_limit(limit)
+        after = check_stream_after(after)
         rows = await self._fetch("streams", after or "", limit)
         # Versions count from 1 with no holes, so a stream's version is its event count.
         return [StreamInfo(sid, stype, version, version) for sid, stype, version in rows]

@@ -10,8 +10,8 @@ from uuid import UUID
 
 import msgspec
 
-from obelisk.domain.events import Event
-from obelisk.errors import InvalidStreamId
+from obelisk.domain.events import Event, UndecodableEvent
+from obelisk.errors import CorruptEvent, InvalidStreamId, UnknownEventType
 
 __all__ = [
     "ANY",
@@ -24,6 +24,7 @@ __all__ = [
     "StreamInfo",
     "StreamSize",
     "new_event_id",
+    "undecodable_error",
     "validate_stream_id",
 ]
 
@@ -130,8 +131,11 @@ class StoredEvent(msgspec.Struct, frozen=True):
 
     @property
     def event_type(self) -> str:
-        """The stable type name of the event."""
-        return self.event.event_type
+        """The stable type name of the event (the stored one, for an undecodable row)."""
+        event = self.event
+        if type(event) is UndecodableEvent:
+            return event.type_name
+        return event.event_type
 
 
 class StreamInfo(msgspec.Struct, frozen=True, gc=False):
@@ -175,3 +179,12 @@ class StreamSize(msgspec.Struct, frozen=True, gc=False):
     events: int
     data_bytes: int
     snapshot_version: int | None
+
+
+def undecodable_error(stored: StoredEvent) -> UnknownEventType | CorruptEvent:
+    """The error a plain read raises for the undecodable row ``stored`` stands for."""
+    event = stored.event
+    assert isinstance(event, UndecodableEvent)
+    if event.unknown_type:
+        return UnknownEventType(event.type_name, stored.stream_id, stored.version, stored.position)
+    return CorruptEvent(event.error, stored.stream_id, stored.version, stored.position)

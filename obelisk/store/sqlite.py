@@ -28,7 +28,16 @@ from obelisk.store._sqlite_snapshots import (
     SnapshotWriter,
 )
 from obelisk.store._sqlite_writer import SQLiteWriter
-from obelisk.store.base import EventStore, check_limit, prepare_appends, validate_snapshot
+from obelisk.store.base import (
+    EventStore,
+    check_limit,
+    check_position,
+    check_stream_after,
+    check_types,
+    check_versions,
+    prepare_appends,
+    validate_snapshot,
+)
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import (
     AppendRequest,
@@ -250,6 +259,7 @@ class SQLiteEventStore(EventStore):
         to_version: int | None = None,
         limit: int | None = None,
     ) -> list[StoredEvent]:
+        check_versions(from_version, to_version)
         check_limit(limit)
         sql, params = _stream_query(_ENVELOPE, _valid(stream_id), from_version, to_version, limit)
         return self._envelopes(await self._fetch(sql, params))
@@ -257,6 +267,7 @@ class SQLiteEventStore(EventStore):
     async def read_stream_events(
         self, stream_id: str, *, from_version: int = 1, to_version: int | None = None
     ) -> list[Event]:
+        check_versions(from_version, to_version)
         from_version = max(from_version, 1)  # the slow path below counts rows from here
         sql, params = _stream_query(
             f"SELECT {_TYPE_KEY}, data FROM obelisk_events ",
@@ -282,18 +293,24 @@ class SQLiteEventStore(EventStore):
         return out
 
     async def read_all(
-        self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+        keep_undecodable: bool = False,
     ) -> list[StoredEvent]:
         check_limit(limit)
+        check_position(after)
         sql = _ENVELOPE + "WHERE position > ? "
         params: list[Any] = [after]
         if types is not None:
-            names = list(types)
+            names = check_types(types)
             sql += f"AND event_type IN ({', '.join('?' * len(names))}) "
             params.extend(names)
         sql += "ORDER BY position LIMIT ?"
         params.append(limit)
-        return self._envelopes(await self._fetch(sql, params))
+        return decode_envelopes(self.codec, await self._fetch(sql, params), keep_undecodable)
 
     async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
         if not event_ids:
@@ -319,6 +336,7 @@ class SQLiteEventStore(EventStore):
 
     async def list_streams(self, *, after: str | None = None, limit: int = 100) -> list[StreamInfo]:
         check_limit(limit)
+        after = check_stream_after(after)
         # Walks the (stream_id, version) index: a tool query, not for hot paths.
         rows = await self._fetch(
             "SELECT stream_id, "

@@ -5,6 +5,14 @@ repeat an event: whatever wakes it (a commit in this process, a PostgreSQL NOTIF
 another process, or the polling fallback) only decides *when* it reads next. Losing the
 wake-up channel (a dropped LISTEN connection) costs latency, never events: it polls until
 the channel is back, then reads from its checkpoint again.
+
+An event that cannot be decoded (an unknown type, a corrupt payload) is not a transient
+fault: retrying cannot fix it. By default the subscription hands out every event before
+it, then raises its UnknownEventType / CorruptEvent to the owner (logged, counted in
+``undecodable``), with ``position`` left before it, so the owner can deploy an upcaster or
+the missing class and resume. With ``undecodable="yield"`` it hands such rows out as
+:class:`~obelisk.domain.events.UndecodableEvent` records instead, for the owner to
+dead-letter.
 """
 
 from __future__ import annotations
@@ -13,10 +21,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
+from obelisk.domain.events import UndecodableEvent
 from obelisk.errors import StoreClosed, StoreError, ValidationError
-from obelisk.store.records import StoredEvent
+from obelisk.store.records import StoredEvent, undecodable_error
 
 if TYPE_CHECKING:
     from obelisk.store.base import EventStore
@@ -50,6 +59,8 @@ class Subscription:
         types: only events of these type names.
         page_size: events per read.
         poll_interval: the longest wait between reads when nothing wakes the subscription.
+        undecodable: ``"stop"`` (raise the row's error after the events before it) or
+            ``"yield"`` (hand it out as an UndecodableEvent).
     """
 
     def __init__(
@@ -60,7 +71,10 @@ class Subscription:
         types: Iterable[str] | None = None,
         page_size: int = 1000,
         poll_interval: float = 1.0,
+        undecodable: Literal["stop", "yield"] = "stop",
     ) -> None:
+        if undecodable not in ("stop", "yield"):
+            raise ValidationError(f"undecodable must be 'stop' or 'yield', got {undecodable!r}")
         if type(after) is not int or after < 0:
             raise ValidationError(f"after must be a position >= 0, got {after!r}")
         if page_size < 1:
@@ -75,6 +89,8 @@ class Subscription:
         self.reads = 0
         self.wakeups = 0
         self.errors = 0
+        self.undecodable = 0
+        self.stop_at_undecodable = undecodable == "stop"
         self._wake = asyncio.Event()
         self._channel: WakeChannel | None = None
         self._closed = False
@@ -128,7 +144,10 @@ class Subscription:
                         except StoreError as exc:  # polling covers for it until it is back
                             _log.warning("subscription wake channel down, polling: %s", exc)
                     page = await self.store.read_all(
-                        after=self.position, limit=self.page_size, types=self.types
+                        after=self.position,
+                        limit=self.page_size,
+                        types=self.types,
+                        keep_undecodable=True,
                     )
                 except StoreClosed:
                     raise
@@ -141,6 +160,14 @@ class Subscription:
                 backoff = 0.05
                 self.reads += 1
                 if page:
+                    bad = self._first_undecodable(page)
+                    if bad is not None and self.stop_at_undecodable:
+                        if bad:
+                            self.position = page[bad - 1].position
+                            yield page[:bad]
+                        error = undecodable_error(page[bad])
+                        _log.error("subscription stops at an undecodable event: %s", error)
+                        raise error
                     self.position = page[-1].position
                     yield page
                     continue  # more may be waiting
@@ -152,6 +179,18 @@ class Subscription:
             if self._channel is not None:
                 channel, self._channel = self._channel, None
                 await channel.close()
+
+    def _first_undecodable(self, page: list[StoredEvent]) -> int | None:
+        """The index of the first undecodable event of ``page`` (counted), or None."""
+        first = None
+        for index, stored in enumerate(page):
+            if type(stored.event) is UndecodableEvent:
+                self.undecodable += 1
+                if first is None:
+                    first = index
+                    if self.stop_at_undecodable:
+                        break
+        return first
 
     async def _sleep(self, seconds: float) -> None:
         try:

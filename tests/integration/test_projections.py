@@ -133,9 +133,14 @@ async def test_an_undeclared_event_that_reaches_a_runner_anyway_is_skipped(
         delivered: list[str] = []
 
         async def ignoring_types(
-            *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+            *,
+            after: int = 0,
+            limit: int = 1000,
+            types: Iterable[str] | None = None,
+            keep_undecodable: bool = False,
         ) -> list[StoredEvent]:
-            page = await real(after=after, limit=limit)  # every type, whatever was asked
+            # Every type, whatever was asked.
+            page = await real(after=after, limit=limit, keep_undecodable=keep_undecodable)
             delivered.extend(e.event_type for e in page)
             return page
 

@@ -67,11 +67,18 @@ class GappedMemoryEventStore(MemoryEventStore):
         )
 
     async def read_all(
-        self, *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+        keep_undecodable: bool = False,
     ) -> list[StoredEvent]:
         # The parent slices its log by index: turn the position into that index.
         index = bisect.bisect_right(self._log, after, key=lambda row: row.position)
-        return await super().read_all(after=index, limit=limit, types=types)
+        return await super().read_all(
+            after=index, limit=limit, types=types, keep_undecodable=keep_undecodable
+        )
 
     async def last_position(self) -> int:
         await super().last_position()  # raises StoreClosed like the parent
