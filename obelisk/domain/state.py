@@ -20,7 +20,13 @@ import msgspec
 import msgspec.inspect
 
 from obelisk.domain.aggregate import Aggregate
-from obelisk.domain.values import check_value_nesting, first_difference, may_nest_deeply, value_at
+from obelisk.domain.values import (
+    check_value_nesting,
+    first_difference,
+    may_nest_deeply,
+    mismatch,
+    value_at,
+)
 
 __all__ = ["StateCodec", "StateError", "state_codec"]
 
@@ -68,6 +74,8 @@ class StateCodec:
             back = self._decoder.decode(data)
         except RecursionError:
             raise StateError(f"the state of {name} is nested too deeply to encode") from None
+        except msgspec.ValidationError as exc:  # it encoded, but does not read back
+            raise StateError(f"cannot snapshot {name}: {mismatch(name, state, str(exc))}") from exc
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             # msgspec.ValidationError and obelisk's ValidationError are ValueErrors.
             raise StateError(f"cannot encode the state of {name}: {exc}") from exc

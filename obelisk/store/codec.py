@@ -18,6 +18,7 @@ from obelisk.domain.values import (
     check_value_nesting,
     first_difference,
     may_nest_deeply,
+    mismatch,
     value_at,
 )
 from obelisk.errors import CorruptEvent, UnknownEventType, ValidationError
@@ -222,22 +223,18 @@ class MsgPackCodec(EventCodec):
 def _refusal(event: Event, exc: Exception) -> ValidationError:
     """The error for an event whose bytes do not decode back into its class."""
     cls = type(event)
-    message = str(exc)
     if isinstance(exc, RecursionError):
         return ValidationError(f"{cls.__qualname__} is nested deeper than {MAX_NESTING} levels")
-    path = message.rpartition(" - at `$")[2].rstrip("`") if " - at `$" in message else ""
+    message = str(exc)
+    path = message.partition(" - at `$")[2].rstrip("`")
     value = value_at(event, path)
-    reason = message.partition(" - at `")[0]
-    where = f"{cls.__qualname__}{path}" if path else cls.__qualname__
     hint = _non_finite_hint(value)
     if hint:
         return ValidationError(
-            f"{where} = {_shown(value)} cannot be stored: {hint}; nothing was written"
+            f"{cls.__qualname__}{path} = {_shown(value)} cannot be stored: {hint}"
+            "; nothing was written"
         )
-    return ValidationError(
-        f"{where} = {_shown(value)} does not match its declared type: {reason}"
-        "; nothing was written"
-    )
+    return ValidationError(f"{mismatch(cls.__qualname__, event, message)}; nothing was written")
 
 
 def _shown(value: object) -> str:
