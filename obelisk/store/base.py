@@ -11,15 +11,22 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Literal, Self
 from uuid import UUID
 
-import msgspec
-
-from obelisk.domain.events import Event, UndecodableEvent
-from obelisk.errors import ValidationError
+from obelisk.domain.events import Event
 from obelisk.store._envelopes import decode_payloads
 from obelisk.store.codec import EventCodec
+from obelisk.store.inputs import (
+    check_int64,
+    check_limit,
+    check_position,
+    check_stream_after,
+    check_types,
+    check_versions,
+    validate_snapshot,
+)
+from obelisk.store.prepared import EncodedEvent, PreparedAppend, prepare_appends
 from obelisk.store.records import (
     ANY,
     AppendRequest,
@@ -28,8 +35,6 @@ from obelisk.store.records import (
     StoredEvent,
     StreamInfo,
     StreamSize,
-    new_event_id,
-    validate_stream_id,
 )
 from obelisk.store.subscription import Subscription, WakeChannel
 
@@ -46,180 +51,6 @@ __all__ = [
     "prepare_appends",
     "validate_snapshot",
 ]
-
-
-_INT64_MAX: Final = 2**63 - 1
-
-
-def check_limit(limit: int | None) -> None:
-    """Refuse a negative read limit (backends would disagree on what it means), or one
-    beyond what a database integer holds."""
-    if limit is not None and (type(limit) is not int or not 0 <= limit <= _INT64_MAX):
-        raise ValidationError(f"limit must be an int from 0 to 2**63-1, got {limit!r}")
-
-
-def check_int64(name: str, value: object) -> int:
-    """``value`` if it is an int a database integer holds (positions, versions), else
-    ValidationError: drivers would raise OverflowError or their own errors."""
-    if type(value) is not int or not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-        raise ValidationError(f"{name} must be an int from -2**63 to 2**63-1, got {value!r}")
-    return value
-
-
-def check_versions(from_version: object, to_version: object) -> None:
-    """A stream read's bounds, checked like :func:`check_int64` (defaults cost one compare)."""
-    if from_version != 1:
-        check_int64("from_version", from_version)
-    if to_version is not None:
-        check_int64("to_version", to_version)
-
-
-def check_position(after: object) -> int:
-    """A read's ``after`` position, checked like :func:`check_int64`."""
-    return check_int64("after", after)
-
-
-def check_types(types: Iterable[str]) -> list[str]:
-    """Event type names to filter a read by: each a printable str (as every type name is)."""
-    if isinstance(types, str | bytes):
-        raise ValidationError(f"types must be a collection of type names, got {types!r}")
-    try:
-        names = list(types)
-    except TypeError:
-        raise ValidationError(f"types must be a collection of type names, got {types!r}") from None
-    for name in names:
-        if not isinstance(name, str) or not name.isprintable():
-            raise ValidationError(f"types holds {name!r}, which is no event type name")
-    return names
-
-
-def check_stream_after(after: object) -> str | None:
-    """``list_streams``'s ``after``: None or a str a database can hold (no lone surrogates)."""
-    if after is None:
-        return None
-    if not isinstance(after, str):
-        raise ValidationError(f"after must be a stream id or None, got {type(after).__name__}")
-    try:
-        after.encode()
-    except UnicodeEncodeError:
-        raise ValidationError(f"after {after!r} is not valid text (a lone surrogate)") from None
-    if "\x00" in after:
-        raise ValidationError("after must not hold NUL characters")
-    return after
-
-
-def validate_snapshot(snapshot: object) -> Snapshot:
-    """Return ``snapshot`` if every field is sound, else raise ValidationError saying why."""
-    if not isinstance(snapshot, Snapshot):
-        raise ValidationError(f"expected a Snapshot, got {type(snapshot).__name__}")
-    validate_stream_id(snapshot.stream_id)
-    if type(snapshot.version) is not int or snapshot.version < 1:
-        raise ValidationError(f"a snapshot's version must be an int >= 1, got {snapshot.version!r}")
-    if not isinstance(snapshot.aggregate_type, str) or not snapshot.aggregate_type:
-        raise ValidationError("a snapshot needs its aggregate type")
-    if type(snapshot.schema_version) is not int:
-        raise ValidationError(
-            f"a snapshot's schema version must be an int, got {snapshot.schema_version!r}"
-        )
-    if not isinstance(snapshot.state, bytes):
-        raise ValidationError(
-            f"a snapshot's state must be bytes, got {type(snapshot.state).__name__}"
-        )
-    return snapshot
-
-
-class EncodedEvent(msgspec.Struct, gc=False):
-    """One event ready to be written: id, type, schema version and payload bytes."""
-
-    event_id: bytes
-    type_name: str
-    schema_version: int
-    data: bytes
-
-
-class PreparedAppend(msgspec.Struct):
-    """An AppendRequest validated and encoded, as adapters consume it."""
-
-    stream_id: str
-    expected_version: int
-    stream_type: str | None
-    events: list[EncodedEvent]
-    correlation_id: str | None
-    causation_id: str | None
-    ids_given: bool
-    trace_context: str | None = None
-
-
-def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> list[PreparedAppend]:
-    """Validate and encode ``requests``; raise ValidationError before anything is written."""
-    if not requests:
-        raise ValidationError("an append needs at least one stream")
-    seen: set[str] = set()
-    seen_ids: set[bytes] = set()
-    prepared: list[PreparedAppend] = []
-    for request in requests:
-        stream_id = validate_stream_id(request.stream_id)
-        if stream_id in seen:
-            raise ValidationError(f"stream {stream_id!r} appears twice in one append")
-        seen.add(stream_id)
-        expected = request.expected_version
-        if type(expected) is not int or expected < ANY:
-            raise ValidationError(
-                f"expected_version must be NO_STREAM, ANY or a version >= 1, got {expected!r}"
-            )
-        events = request.events
-        if not events:
-            raise ValidationError(f"append to {stream_id!r} has no events")
-        ids = _event_ids(request.event_ids, len(events), stream_id)
-        if request.event_ids is not None:
-            if not seen_ids.isdisjoint(ids):
-                raise ValidationError(
-                    f"append to {stream_id!r} reuses an event id of another part of this append"
-                )
-            seen_ids.update(ids)
-        encoded = []
-        encode = codec.encode_checked
-        for index, event in enumerate(events):
-            if not isinstance(event, Event) or isinstance(event, UndecodableEvent):
-                raise ValidationError(
-                    f"append to {stream_id!r}: {type(event).__name__} is not an obelisk Event"
-                    " that can be stored"
-                )
-            cls = type(event)
-            # Checked before written: a value that would not read back is refused here,
-            # before any store holds a row it cannot give back.
-            data = encode(event)
-            encoded.append(EncodedEvent(ids[index], cls.event_type, cls.schema_version, data))
-        prepared.append(
-            PreparedAppend(
-                stream_id,
-                expected,
-                request.stream_type,
-                encoded,
-                request.correlation_id,
-                request.causation_id,
-                request.event_ids is not None,
-                request.trace_context,
-            )
-        )
-    return prepared
-
-
-def _event_ids(given: Sequence[UUID] | None, count: int, stream_id: str) -> list[bytes]:
-    if given is None:
-        return [new_event_id() for _ in range(count)]
-    if len(given) != count:
-        raise ValidationError(
-            f"append to {stream_id!r} has {count} events but {len(given)} event ids"
-        )
-    ids = []
-    for value in given:
-        if not isinstance(value, UUID):
-            raise ValidationError(f"event ids must be UUIDs, got {type(value).__name__}")
-        ids.append(value.bytes)
-    if len(set(ids)) != len(ids):
-        raise ValidationError(f"append to {stream_id!r} repeats an event id")
-    return ids
 
 
 class EventStore(abc.ABC):
