@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from functools import cache
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_value_nesting",
     "first_difference",
     "may_nest_deeply",
+    "shown",
     "value_at",
 ]
 
@@ -188,6 +190,21 @@ def mismatch(name: str, root: object, decode_error: str) -> str:
     reason, _, where = decode_error.partition(" - at `$")
     path = where.rstrip("`")
     value = value_at(root, path)
-    text = repr(value)
-    shown = text if len(text) <= 80 else text[:77] + "..."
-    return f"{name}{path} = {shown} does not match its declared type: {reason}"
+    return f"{name}{path} = {shown(value)} does not match its declared type: {reason}"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+_SHORT.maxlong = 40
+
+
+def shown(value: object) -> str:
+    """A short repr of ``value`` for an error message: bounded in length and depth (a
+    plain repr of a list nested 5,000 deep raises RecursionError, of a 1 MB string is
+    1 MB), and never raising, whatever the value's own ``__repr__`` does."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"

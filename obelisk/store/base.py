@@ -24,7 +24,9 @@ from obelisk.store.inputs import (
     check_stream_after,
     check_types,
     check_versions,
+    event_id_bytes,
     validate_snapshot,
+    validate_snapshots,
 )
 from obelisk.store.prepared import EncodedEvent, PreparedAppend, prepare_appends
 from obelisk.store.records import (
@@ -48,8 +50,10 @@ __all__ = [
     "check_stream_after",
     "check_types",
     "check_versions",
+    "event_id_bytes",
     "prepare_appends",
     "validate_snapshot",
+    "validate_snapshots",
 ]
 
 

@@ -19,6 +19,7 @@ from obelisk.domain.values import (
     first_difference,
     may_nest_deeply,
     mismatch,
+    shown,
     value_at,
 )
 from obelisk.errors import CorruptEvent, UnknownEventType, ValidationError
@@ -108,8 +109,8 @@ class EventCodec:
                 written = value_at(event, path)
                 read = value_at(back, path)
                 raise ValidationError(
-                    f"{cls.__qualname__}{path} = {_shown(written)} would read back as "
-                    f"{_shown(read)}: {_non_finite_hint(written) or 'give it its declared type'}"
+                    f"{cls.__qualname__}{path} = {shown(written)} would read back as "
+                    f"{shown(read)}: {_non_finite_hint(written) or 'give it its declared type'}"
                     "; nothing was written"
                 )
         return data
@@ -231,15 +232,10 @@ def _refusal(event: Event, exc: Exception) -> ValidationError:
     hint = _non_finite_hint(value)
     if hint:
         return ValidationError(
-            f"{cls.__qualname__}{path} = {_shown(value)} cannot be stored: {hint}"
+            f"{cls.__qualname__}{path} = {shown(value)} cannot be stored: {hint}"
             "; nothing was written"
         )
     return ValidationError(f"{mismatch(cls.__qualname__, event, message)}; nothing was written")
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _non_finite_hint(value: object) -> str:

@@ -19,13 +19,15 @@ from obelisk.store.base import (
     EncodedEvent,
     EventStore,
     PreparedAppend,
+    check_int64,
     check_limit,
     check_position,
     check_stream_after,
     check_types,
     check_versions,
+    event_id_bytes,
     prepare_appends,
-    validate_snapshot,
+    validate_snapshots,
 )
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import (
@@ -228,7 +230,8 @@ class MemoryEventStore(EventStore):
         return out
 
     async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
-        found = [row.position for i in event_ids if (row := self._ids.get(i.bytes)) is not None]
+        ids = event_id_bytes(event_ids)
+        found = [row.position for i in ids if (row := self._ids.get(i)) is not None]
         return max(found) if found else None
 
     async def last_position(self) -> int:
@@ -255,8 +258,7 @@ class MemoryEventStore(EventStore):
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
         self._check_open()
-        for snapshot in snapshots:
-            validate_snapshot(snapshot)  # all first: a refused call saves nothing
+        validate_snapshots(snapshots)  # all first: a refused call saves nothing
         for snapshot in snapshots:
             held = self._snapshots.get(snapshot.stream_id)
             if held is None or held.version <= snapshot.version:
@@ -269,6 +271,7 @@ class MemoryEventStore(EventStore):
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         self._check_open()
         held = self._snapshots.get(validate_stream_id(stream_id))
+        check_int64("version", version)
         if held is not None and held.version == version:
             del self._snapshots[stream_id]
 

@@ -33,13 +33,15 @@ from obelisk.store._pg_shelf import ConnectionShelf
 from obelisk.store._pg_writer import PostgresWriter, translate
 from obelisk.store.base import (
     EventStore,
+    check_int64,
     check_limit,
     check_position,
     check_stream_after,
     check_types,
     check_versions,
+    event_id_bytes,
     prepare_appends,
-    validate_snapshot,
+    validate_snapshots,
 )
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import (
@@ -123,9 +125,9 @@ class PostgresEventStore(EventStore):
     ) -> None:
         self.names = Names(schema, prefix)
         if max_in_flight < 1 or pool_max_size < max_in_flight:
-            raise ValueError("need 1 <= max_in_flight <= pool_max_size")
+            raise ValidationError("need 1 <= max_in_flight <= pool_max_size")
         if pool_min_size < 0 or pool_min_size > pool_max_size:
-            raise ValueError("need 0 <= pool_min_size <= pool_max_size")
+            raise ValidationError("need 0 <= pool_min_size <= pool_max_size")
         self.dsn = dsn
         self.codec = codec if codec is not None else JsonCodec()
         self.pool_min_size = pool_min_size
@@ -495,9 +497,10 @@ class PostgresEventStore(EventStore):
         return decode_envelopes(self.codec, rows, keep_undecodable)
 
     async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
-        if not event_ids:
+        ids = event_id_bytes(event_ids)
+        if not ids:
             return None
-        rows = await self._fetch("positions_of", [i.bytes for i in event_ids])
+        rows = await self._fetch("positions_of", ids)
         return None if rows[0][0] is None else int(rows[0][0])
 
     async def last_position(self) -> int:
@@ -518,8 +521,7 @@ class PostgresEventStore(EventStore):
     # -- snapshots -----------------------------------------------------------------------
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
-        for snapshot in snapshots:
-            validate_snapshot(snapshot)
+        validate_snapshots(snapshots)
         if not snapshots:
             return
         # One stream once per statement (ON CONFLICT cannot touch a row twice): the newest.
@@ -569,6 +571,7 @@ class PostgresEventStore(EventStore):
         return await self._fetch("from_snapshot", _valid(stream_id))
 
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
+        check_int64("version", version)
         try:
             async with self._snapshot_lock:
                 conn = await self._snapshot_connection()

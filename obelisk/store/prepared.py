@@ -15,6 +15,7 @@ from uuid import UUID
 import msgspec
 
 from obelisk.domain.events import Event, UndecodableEvent
+from obelisk.domain.values import shown
 from obelisk.errors import ValidationError
 from obelisk.store.codec import EventCodec
 from obelisk.store.records import (
@@ -50,12 +51,16 @@ class PreparedAppend(msgspec.Struct):
 
 def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> list[PreparedAppend]:
     """Validate and encode ``requests``; raise ValidationError before anything is written."""
+    if not isinstance(requests, Sequence) or isinstance(requests, str | bytes):
+        raise ValidationError(f"append_many takes a sequence of requests, got {shown(requests)}")
     if not requests:
         raise ValidationError("an append needs at least one stream")
     seen: set[str] = set()
     seen_ids: set[bytes] = set()
     prepared: list[PreparedAppend] = []
     for request in requests:
+        if not isinstance(request, AppendRequest):
+            raise ValidationError(f"expected an AppendRequest, got {type(request).__name__}")
         stream_id = validate_stream_id(request.stream_id)
         if stream_id in seen:
             raise ValidationError(f"stream {stream_id!r} appears twice in one append")
@@ -63,7 +68,7 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
         expected = request.expected_version
         if type(expected) is not int or expected < ANY:
             raise ValidationError(
-                f"expected_version must be NO_STREAM, ANY or a version >= 1, got {expected!r}"
+                f"expected_version must be NO_STREAM, ANY or a version >= 1, got {shown(expected)}"
             )
         events = request.events
         if not isinstance(events, Sequence) or isinstance(events, str | bytes):

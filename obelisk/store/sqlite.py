@@ -30,13 +30,15 @@ from obelisk.store._sqlite_snapshots import (
 from obelisk.store._sqlite_writer import SQLiteWriter
 from obelisk.store.base import (
     EventStore,
+    check_int64,
     check_limit,
     check_position,
     check_stream_after,
     check_types,
     check_versions,
+    event_id_bytes,
     prepare_appends,
-    validate_snapshot,
+    validate_snapshots,
 )
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.records import (
@@ -313,12 +315,12 @@ class SQLiteEventStore(EventStore):
         return decode_envelopes(self.codec, await self._fetch(sql, params), keep_undecodable)
 
     async def last_position_of(self, event_ids: Sequence[UUID]) -> int | None:
-        if not event_ids:
+        ids = event_id_bytes(event_ids)
+        if not ids:
             return None
-        marks = ", ".join("?" * len(event_ids))
+        marks = ", ".join("?" * len(ids))
         rows = await self._fetch(
-            f"SELECT MAX(position) FROM obelisk_events WHERE event_id IN ({marks})",
-            [i.bytes for i in event_ids],
+            f"SELECT MAX(position) FROM obelisk_events WHERE event_id IN ({marks})", ids
         )
         return None if rows[0][0] is None else int(rows[0][0])
 
@@ -352,8 +354,7 @@ class SQLiteEventStore(EventStore):
 
     async def save_snapshots(self, snapshots: Sequence[Snapshot]) -> None:
         self._read_conn()  # refuse on a closed store
-        for snapshot in snapshots:
-            validate_snapshot(snapshot)
+        validate_snapshots(snapshots)
         await self._snapshots.save(snapshots)
 
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
@@ -365,7 +366,7 @@ class SQLiteEventStore(EventStore):
 
     async def delete_snapshot(self, stream_id: str, version: int) -> None:
         self._read_conn()
-        await self._snapshots.delete(_valid(stream_id), version)
+        await self._snapshots.delete(_valid(stream_id), check_int64("version", version))
 
     async def stream_sizes(self, *, limit: int = 20) -> list[StreamSize]:
         check_limit(limit)

@@ -24,7 +24,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 from obelisk.domain.events import UndecodableEvent
+from obelisk.domain.values import shown
 from obelisk.errors import StoreClosed, StoreError, ValidationError
+from obelisk.store.inputs import check_types
 from obelisk.store.records import StoredEvent, undecodable_error
 
 if TYPE_CHECKING:
@@ -74,16 +76,23 @@ class Subscription:
         undecodable: Literal["stop", "yield"] = "stop",
     ) -> None:
         if undecodable not in ("stop", "yield"):
-            raise ValidationError(f"undecodable must be 'stop' or 'yield', got {undecodable!r}")
-        if type(after) is not int or after < 0:
-            raise ValidationError(f"after must be a position >= 0, got {after!r}")
-        if page_size < 1:
-            raise ValidationError(f"page_size must be >= 1, got {page_size!r}")
-        if poll_interval <= 0:
-            raise ValidationError(f"poll_interval must be > 0, got {poll_interval!r}")
+            raise ValidationError(
+                f"undecodable must be 'stop' or 'yield', got {shown(undecodable)}"
+            )
+        if type(after) is not int or not 0 <= after < 2**63:
+            raise ValidationError(f"after must be a position >= 0, got {shown(after)}")
+        if type(page_size) is not int or not 1 <= page_size <= 1_000_000:
+            raise ValidationError(
+                f"page_size must be an int from 1 to 10**6, got {shown(page_size)}"
+            )
+        if (
+            type(poll_interval) not in (int, float)
+            or not 0 < poll_interval <= 86_400  # NaN fails this too
+        ):
+            raise ValidationError(f"poll_interval must be seconds > 0, got {shown(poll_interval)}")
         self.store = store
         self.position = after
-        self.types = None if types is None else list(types)
+        self.types = None if types is None else check_types(types)
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.reads = 0
