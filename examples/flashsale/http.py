@@ -23,6 +23,7 @@ a repeat answers what the first did (the events' ids derive from the key).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,7 @@ from examples.flashsale.domain import (
 from examples.flashsale.service import FlashSale, Settings
 from obelisk import DomainError
 from obelisk.caching import Cached, cache_headers, not_modified
+from obelisk.domain.values import check_json_nesting
 from obelisk.errors import (
     AggregateNotFound,
     ConcurrencyError,
@@ -59,8 +61,10 @@ from obelisk.errors import (
 __all__ = ["MAX_BODY", "create_app"]
 
 MAX_BODY = 4096  # bytes: every command fits in a few hundred
+MAX_CURSOR = 256  # characters: an orders cursor holds one id (at most 64), base64 JSON
 
 C = TypeVar("C")
+_log = logging.getLogger("examples.flashsale.http")
 
 
 def _sale(state: State) -> FlashSale:
@@ -90,9 +94,14 @@ _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
 async def _command(request: Request[Any, Any, Any], cls: type[C]) -> C:
     body = await request.body()  # over MAX_BODY: 413 before anything is decoded
     try:
+        # msgspec recurses once per level, even into a field it skips: 1,000 brackets
+        # (2 KB) would end in a RecursionError, a 500. Refused first, like any malformed body.
+        check_json_nesting(body, "the body")
         command: C = _DECODERS[cls].decode(body)
-    except msgspec.DecodeError as exc:  # malformed JSON, a wrong type, a missing field
-        raise HTTPException(status_code=400, detail=f"invalid {cls.__name__}: {exc}") from None
+    except (msgspec.DecodeError, ValidationError, RecursionError) as exc:
+        # malformed JSON, a wrong type, a missing field, nested too deeply
+        why = "the body is nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise HTTPException(status_code=400, detail=f"invalid {cls.__name__}: {why}") from None
     return command
 
 
@@ -217,8 +226,12 @@ async def customer_orders(
     limit: FromQuery[int] = 20,
     after: FromQuery[str | None] = None,
 ) -> dict[str, Any]:
+    _check_id(customer_id)  # customer ids follow the commands' rule too
     if not 1 <= limit <= 100:
         raise HTTPException(status_code=400, detail="limit must be within 1..100")
+    if after is not None and len(after) > MAX_CURSOR:  # no cursor of this listing is longer
+        # (and a longer one could nest deep enough to end its decoding in a RecursionError)
+        raise ValidationError(f"malformed page cursor: over {MAX_CURSOR} characters")
     page = await _sale(state).orders(customer_id, after=after, limit=limit)
     return {"orders": page.rows, "next_cursor": page.next_cursor}
 
@@ -279,8 +292,21 @@ def _invalid(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # Every 5xx leaves its traceback in the log: this one is expected (the store is down
+    # or read-only) and the client is told to retry, so a warning.
+    _log.warning("%s %s: 503, the store is unavailable", request.method, request.url.path,
+                 exc_info=exc)  # fmt: skip
     return Response({"error": "unavailable", "detail": str(exc)}, status_code=503,
                     headers={"retry-after": "1"})  # fmt: skip
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    # Litestar answers an unhandled exception with a bare 500 and logs it only in debug
+    # mode: this handler (for any exception no other handler takes) logs the traceback at
+    # ERROR, and the client learns nothing of the internals.
+    _log.error("%s %s: 500, unhandled %s", request.method, request.url.path,
+               type(exc).__name__, exc_info=exc)  # fmt: skip
+    return Response({"error": "internal", "detail": "Internal Server Error"}, status_code=500)
 
 
 # -- timing: every request's latency by endpoint, for the dashboard ------------------------
@@ -338,6 +364,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AggregateNotFound: _not_found,
             ValidationError: _invalid,
             StoreUnavailable: _unavailable,
+            500: _internal,
         },
         request_max_body_size=MAX_BODY,
         openapi_config=None,

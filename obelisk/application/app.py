@@ -11,6 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
+from obelisk.application._inputs import check_as_of, check_ids, check_version
 from obelisk.application.cache import AggregateCache
 from obelisk.application.commands import Command, CommandRegistry, Handler
 from obelisk.application.loading import AggregateLoader, LoadBudget, SnapshotPolicy
@@ -19,9 +20,10 @@ from obelisk.application.retry import NO_RETRY, RetryPolicy
 from obelisk.application.snapshots import Snapshotter
 from obelisk.application.unit_of_work import UnitOfWork, keyed_event_ids
 from obelisk.domain.aggregate import Aggregate
-from obelisk.errors import AggregateNotFound, ConcurrencyError, DomainError
+from obelisk.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
 from obelisk.observability.observer import CommandTiming
 from obelisk.store.base import EventStore
+from obelisk.store.records import validate_stream_id
 from obelisk.store.url import store_from_url
 
 if TYPE_CHECKING:
@@ -75,7 +77,9 @@ class Application:
         jobs: JobQueue | None = None,
     ):
         if cache_mode not in ("trust", "fast-forward"):
-            raise ValueError(f"cache_mode must be 'trust' or 'fast-forward', got {cache_mode!r}")
+            raise ValidationError(
+                f"cache_mode must be 'trust' or 'fast-forward', got {cache_mode!r}"
+            )
         self._store_spec = store
         self._store: EventStore | None = store if isinstance(store, EventStore) else None
         self.retry = retry if retry is not None else NO_RETRY
@@ -162,6 +166,7 @@ class Application:
         self, *, correlation_id: str | None = None, causation_id: str | None = None
     ) -> UnitOfWork:
         """A new unit of work (use it with ``async with``)."""
+        check_ids(correlation_id, causation_id)
         return UnitOfWork(self, correlation_id=correlation_id, causation_id=causation_id)
 
     def handler(
@@ -207,6 +212,10 @@ class Application:
             started = time.perf_counter()
         error: BaseException | None = None
         try:
+            if not (correlation_id is None and causation_id is None and idempotency_key is None):
+                # Checked before any use: a key is hashed into event ids (UTF-8), the ids
+                # are stored with the events.
+                check_ids(correlation_id, causation_id, idempotency_key)
             entry = self.commands.entry_for(command)
             if idempotency_key is not None:
                 earlier = await self.store.last_position_of(
@@ -266,8 +275,10 @@ class Application:
             raise RuntimeError("no job queue: Application(..., jobs=JobQueue(broker, read_store))")
         return await self.jobs.enqueue(job, key=key)
 
-    async def handle_json(self, name: str, payload: bytes, **kwargs: Any) -> int | None:
-        """Decode a JSON command by its wire name and handle it (ValidationError if malformed)."""
+    async def handle_json(self, name: str, payload: bytes | str, **kwargs: Any) -> int | None:
+        """Decode a JSON command by its wire name and handle it: ValidationError if it is
+        malformed, unknown, or nested deeper than :data:`~obelisk.domain.values.MAX_NESTING`
+        levels (``payload``: bytes or str)."""
         return await self.handle(self.commands.decode(name, payload), **kwargs)
 
     # -- queries -------------------------------------------------------------------------
@@ -283,12 +294,19 @@ class Application:
         """Load an aggregate for reading (not locked): current, as of ``version``, or as of
         a time (``as_of``, a datetime or seconds since the epoch: the events recorded up
         to then). A fresh instance every call: the caller may change it freely.
+
+        Raises:
+            AggregateNotFound: the aggregate has no events (by then).
+            ValidationError: a malformed id, version or time.
         """
+        validate_stream_id(aggregate_id)
         if as_of is not None:
             if version is not None:
-                raise ValueError("give version or as_of, not both")
-            found = await self._load_as_of(cls, aggregate_id, as_of)
+                raise ValidationError("give version or as_of, not both")
+            found = await self._load_as_of(cls, aggregate_id, check_as_of(as_of))
         else:
+            if version is not None:
+                check_version(version)
             found = await self._load(cls, aggregate_id, version)
         if found is None:
             raise AggregateNotFound(cls.aggregate_type, aggregate_id)
@@ -299,13 +317,7 @@ class Application:
     ) -> A | None:
         return await self.loading.load(cls, aggregate_id, version)
 
-    async def _load_as_of(
-        self, cls: type[A], aggregate_id: str, when: datetime | float
-    ) -> A | None:
-        if isinstance(when, datetime):
-            if when.tzinfo is None:
-                raise ValueError("as_of must be timezone-aware (e.g. datetime.now(UTC))")
-            when = when.timestamp()
+    async def _load_as_of(self, cls: type[A], aggregate_id: str, when: float) -> A | None:
         stored = await self.store.read_stream(aggregate_id)
         # The stream's prefix recorded by then: versions are in commit order, and a clock
         # stepping back cannot pull a later event into the past.

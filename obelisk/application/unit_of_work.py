@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Final, Self, TypeVar
 from uuid import UUID, uuid5
 
 from obelisk.domain.aggregate import Aggregate
-from obelisk.errors import AggregateNotFound, CommandRejected, ObeliskError
-from obelisk.store.records import AppendRequest, AppendResult
+from obelisk.errors import AggregateNotFound, CommandRejected, ObeliskError, ValidationError
+from obelisk.store.records import AppendRequest, AppendResult, validate_stream_id
 
 # Event ids of idempotent commands: uuid5 in this namespace (fixed: stored ids depend on it).
 _IDEMPOTENCY_NAMESPACE: Final = UUID("5b0e1c3a-7f0d-4b8e-9c1a-0b5e11e4a001")
@@ -74,6 +74,8 @@ class UnitOfWork:
     async def get_or_none(self, cls: type[A], aggregate_id: str) -> A | None:
         """Like :meth:`get`, but None when the aggregate does not exist."""
         self._check_active()
+        if type(aggregate_id) is not str:  # an unhashable id would fail the lookups below
+            validate_stream_id(aggregate_id)
         tracked = self._tracked.get(aggregate_id)
         if tracked is not None:
             if not isinstance(tracked, cls):
@@ -131,6 +133,10 @@ class UnitOfWork:
     def add(self, aggregate: A) -> A:
         """Track a new aggregate (its first events are pending) for the commit."""
         self._check_active()
+        if not isinstance(aggregate, Aggregate):
+            raise ValidationError(f"expected an Aggregate, got {type(aggregate).__name__}")
+        if type(aggregate.id) is not str:  # the rest of the id's rules: the store's, at commit
+            validate_stream_id(aggregate.id)
         if aggregate.id in self._tracked and self._tracked[aggregate.id] is not aggregate:
             raise CommandRejected(f"{aggregate.id!r} is already tracked by this unit")
         self._tracked[aggregate.id] = aggregate

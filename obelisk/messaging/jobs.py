@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Final, Literal, TypeVar
 
 import msgspec
 
+from obelisk.domain.values import check_json_nesting
 from obelisk.errors import BrokerError, ValidationError
 from obelisk.messaging.broker import Broker
 from obelisk.messaging.inbox import Inbox
@@ -110,6 +111,10 @@ class JobQueue:
         """
         if not isinstance(job, Job):
             raise ValidationError(f"expected a Job, got {type(job).__name__}")
+        try:  # before its status row: a job that cannot be sent is not left "queued"
+            payload = msgspec.json.encode(job)
+        except (msgspec.EncodeError, TypeError, UnicodeEncodeError, RecursionError) as exc:
+            raise ValidationError(f"{job.job_type} cannot be written as JSON: {exc}") from exc
         await self.open()
         ident = uuid.uuid4().hex
         d = self.read_store.dialect
@@ -127,7 +132,7 @@ class JobQueue:
             self.topic,
             f"job.{job.job_type}",
             key or ident,
-            msgspec.json.encode(job),
+            payload,
             {JOB_TYPE: job.job_type},
         )
         try:
@@ -198,8 +203,11 @@ class JobQueue:
             if entry is None:
                 raise ValidationError(f"no handler for job type {name!r}")
             try:
+                # msgspec recurses once per level: a payload nested past the limit would
+                # end in a RecursionError (checked on bytes, cheap for any real job).
+                check_json_nesting(message.payload, f"a {name} job")
                 job = decoders[name or ""].decode(message.payload)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise ValidationError(f"malformed {name} job: {exc}") from exc
             result = await entry[1](job, ctx)
             # Done in the inbox's transaction: the status and "handled" commit together.

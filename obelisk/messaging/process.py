@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from obelisk.application.commands import Command
+from obelisk.application.commands import Command, encode_command
 from obelisk.errors import (
     CommandRejected,
     ConcurrencyError,
@@ -155,7 +155,7 @@ class ProcessManager(Projection):
             name,
             due,
             command.command_type,
-            msgspec.json.encode(command),
+            encode_command(command),  # ValidationError now, not a command unreadable when due
         )
         return ident
 

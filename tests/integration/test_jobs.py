@@ -167,3 +167,32 @@ async def test_a_handler_opening_its_own_sqlite_transaction_fails_clearly_not_fo
             await task
     assert status.state == "failed"
     assert status.error is not None and "already open in this task" in status.error
+
+
+async def test_a_job_nested_past_the_limit_is_dead_lettered_as_malformed(tmp_path: Path) -> None:
+    async with queue_and_worker(tmp_path) as (queue, runs):
+        await queue.open()  # its status table
+        # msgspec would recurse once per level, into the unknown field too: a RecursionError
+        # before the check, reported as a job failure of no clear cause.
+        payload = b'{"image": "x", "width": 1, "x": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+        deep = Message("deep-1", "jobs", "job.Resize", "deep-1", payload,
+                       {"obelisk-job-type": "Resize"})  # fmt: skip
+        await queue.broker.publish([deep])
+        async with asyncio.timeout(WAIT):
+            while not await queue.broker.read("dlq.jobs"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        (letter,) = await queue.broker.read("dlq.jobs")
+        error = letter.message.headers["obelisk-error"]
+        assert "ValidationError: a Resize job is nested deeper than 128 levels" in error
+        assert "deep-1" not in runs
+
+
+async def test_a_job_that_cannot_be_written_as_json_is_refused_and_leaves_no_status(
+    tmp_path: Path,
+) -> None:
+    async with queue_and_worker(tmp_path) as (queue, _runs):
+        await queue.open()
+        with pytest.raises(ValidationError, match="cannot be written as JSON"):
+            await queue.enqueue(Resize(image="\ud800", width=1))
+        # Before the check, its status row was written first and stayed "queued" forever.
+        assert await queue.read_store.query(f"SELECT COUNT(*) FROM {queue.table}") == [(0,)]
