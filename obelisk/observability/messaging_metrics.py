@@ -37,7 +37,13 @@ def relay_source(relay: OutboxRelay) -> Callable[[], Iterator[Any]]:
             "obelisk_relay_publish_seconds", "Time spent publishing.", labels=["relay"]
         )
         seconds.add_metric(labels, relay.publish_seconds)
-        yield from (published, duplicates, seconds)
+        undecodable = CounterMetricFamily(
+            "obelisk_relay_undecodable",
+            "Events the relay could not decode and published as stored.",
+            labels=["relay"],
+        )
+        undecodable.add_metric(labels, relay.undecodable)
+        yield from (published, duplicates, seconds, undecodable)
 
     return collect
 

@@ -24,6 +24,7 @@ from obelisk.errors import CorruptEvent, UnknownEventType
 from obelisk.messaging import OutboxRelay
 from obelisk.messaging import message as message_headers
 from obelisk.messaging.memory import MemoryBroker
+from obelisk.observability.metrics import Metrics
 from obelisk.projections import ProjectionRunner
 from obelisk.store import NO_STREAM, MemoryEventStore, StoredEvent
 from obelisk.store.base import EventStore
@@ -31,6 +32,7 @@ from obelisk.store.scan import find_undecodable
 
 from ._projection_helpers import WAIT, Backend, ledger_rows, open_backend, reach, running, visible
 from ._projection_worker import Ledger, LedgerCredited, LedgerOpened
+from .test_observability import _samples
 
 DAMAGED = b"\xff\x00"  # what Backend.damage_event writes: no codec decodes it
 
@@ -188,9 +190,11 @@ async def test_a_projection_dead_letters_an_undecodable_event_with_its_payload_a
 
 async def test_the_relay_publishes_an_undecodable_event_as_stored(backend: Backend) -> None:
     broker = MemoryBroker()
+    metrics = Metrics()
     async with backend.event_store() as store, backend.read_store() as read_store:
         await write_and_damage(backend, store)
         relay = OutboxRelay(store, read_store, broker)
+        metrics.watch_relay(relay)
         await asyncio.wait_for(relay.run_until_caught_up(), WAIT)
     messages = [entry.message for entry in await broker.read("events")]
     assert len(messages) == 4  # nothing skipped
@@ -198,6 +202,8 @@ async def test_the_relay_publishes_an_undecodable_event_as_stored(backend: Backe
     assert damaged.payload == DAMAGED
     assert damaged.headers[message_headers.EVENT_TYPE] == LedgerCredited.event_type
     assert relay.undecodable == 1
+    samples = _samples(metrics)
+    assert samples[("obelisk_relay_undecodable_total", (("relay", "relay:relay"),))] == 1
 
 
 # -- finding them -----------------------------------------------------------------------------
