@@ -13,6 +13,7 @@ anything nested deeper than :data:`MAX_NESTING` first, with a :class:`Validation
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import reprlib
@@ -84,6 +85,9 @@ def check_value_nesting(value: object, what: str, limit: int = MAX_NESTING) -> N
             children = item
         elif isinstance(item, msgspec.Struct):
             children = [getattr(item, name) for name in item.__struct_fields__]
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            # msgspec encodes dataclasses field by field, recursing like into a struct
+            children = [getattr(item, field.name) for field in dataclasses.fields(item)]
         else:
             continue
         if depth >= limit:

@@ -4,11 +4,13 @@ and one pass over any document (a hostile one included)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import pytest
 
-from obelisk.domain.values import MAX_NESTING, check_json_nesting
+from obelisk.domain.values import MAX_NESTING, check_json_nesting, check_value_nesting
 from obelisk.errors import ValidationError
 
 
@@ -50,3 +52,26 @@ def test_a_megabyte_of_escaped_quotes_that_never_closes_is_checked_in_one_pass()
     with pytest.raises(ValidationError, match="nested deeper"):
         check_json_nesting(data, "the body")
     check_json_nesting(b'["' + b'\\"' * 500_000 + b"[" * 200, "the body")
+
+
+@dataclass
+class Box:
+    content: Any
+
+
+def _deep(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_values_nested_inside_a_dataclass_count_as_nesting() -> None:
+    # msgspec encodes a dataclass like a struct (one level more): before, the walk stopped
+    # at the dataclass, and the encoder met the depth with a RecursionError.
+    check_value_nesting(Box(_deep(MAX_NESTING - 1)), "the value")
+
+    with pytest.raises(ValidationError, match="nested deeper than 128 levels"):
+        check_value_nesting(Box(_deep(MAX_NESTING)), "the value")
+    with pytest.raises(ValidationError, match="nested deeper"):
+        check_value_nesting({"a": [Box(_deep(5000))]}, "the value")
