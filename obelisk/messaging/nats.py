@@ -390,7 +390,7 @@ class NatsBroker(Broker):
 def _decode(topic: str, seq: int, subject: str, data: bytes) -> Message:
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # (deep nesting: the latter)
         reason = f"not an obelisk message (on {subject}): {exc}"
     ident = str(seq)
     return Message(ident, topic, "", ident, bytes(data), {MALFORMED: reason})

@@ -215,7 +215,7 @@ class RedisBroker(Broker):
         if raw is not None:
             try:
                 return Delivery(_decoder.decode(raw), attempt, entry_id)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:  # (deep nesting: the latter)
                 reason = f"not an obelisk message: {exc}"
         else:
             names = sorted(k.decode(errors="replace") for k in fields)

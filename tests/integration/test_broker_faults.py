@@ -208,6 +208,9 @@ async def _inject(broker: Broker, topic: str) -> int:
     """Append foreign entries of every kind to ``topic``; returns how many."""
     truncated = msgspec.msgpack.encode(messages(topic, [0])[0])[:-3]
     wrong_shape = msgspec.msgpack.encode({"id": 1, "topic": ["not", "a", "string"]})
+    # A map with an unknown key holding lists 1,000 deep: msgspec recurses into it while
+    # skipping it, to a RecursionError (not a DecodeError).
+    deep = b"\x81\xa1x" + b"\x91" * 1000 + b"\x90"
     if isinstance(broker, RedisBroker):
         key = broker.prefix + topic
         for fields in (
@@ -215,15 +218,16 @@ async def _inject(broker: Broker, topic: str) -> int:
             {b"m": truncated},
             {b"m": wrong_shape},
             {b"m": b'{"json": true}'},
+            {b"m": deep},
             {b"other": b"field", b"and": b"\xff\xfe"},
         ):
             await broker.client.xadd(key, fields)
-        return 5
+        return 6
     assert isinstance(broker, NatsBroker)
     subject = topic_subjects(broker.prefix, topic).replace(">", "foreign")
-    for data in (b"", truncated, wrong_shape, b'{"json": true}'):
+    for data in (b"", truncated, wrong_shape, b'{"json": true}', deep):
         await broker.js.publish(subject, data, headers={"X-Other": "program"})
-    return 4
+    return 5
 
 
 async def test_foreign_entries_are_delivered_marked_and_consuming_goes_on(
