@@ -18,10 +18,12 @@ from obelisk.errors import (
     IdempotencyConflict,
     InvalidStreamId,
     ObeliskError,
+    ProjectionNotFound,
     StoreClosed,
     StoreError,
     StoreUnavailable,
     UnknownEventType,
+    UnstorableValue,
     ValidationError,
 )
 from obelisk.store import (
@@ -57,6 +59,7 @@ __all__ = [
     "LoadBudget",
     "MemoryEventStore",
     "ObeliskError",
+    "ProjectionNotFound",
     "RetryPolicy",
     "SQLiteEventStore",
     "SnapshotPolicy",
@@ -66,6 +69,7 @@ __all__ = [
     "StoredEvent",
     "UnitOfWork",
     "UnknownEventType",
+    "UnstorableValue",
     "ValidationError",
     "__version__",
     "applies",

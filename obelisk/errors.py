@@ -18,11 +18,13 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidStreamId",
     "ObeliskError",
+    "ProjectionNotFound",
     "StoreClosed",
     "StoreError",
     "StoreUnavailable",
     "UnhandledEvent",
     "UnknownEventType",
+    "UnstorableValue",
     "ValidationError",
 ]
 
@@ -96,6 +98,19 @@ class StoreUnavailable(StoreError):
 
 class StoreClosed(StoreError):
     """The store was closed before the operation could run."""
+
+
+class UnstorableValue(StoreError, ValidationError):
+    """A value the database cannot hold (a lone surrogate, NUL in text, an integer beyond
+    64 bits, a type no column takes); nothing of the statement was written.
+
+    A StoreError, so a projection batch that writes one dead-letters its event (or stops)
+    like any refused row, and a ValidationError, as the value is bad input.
+    """
+
+
+class ProjectionNotFound(ObeliskError, LookupError):
+    """The read store holds no projection of that name."""
 
 
 class _StoredEventError(StoreError):

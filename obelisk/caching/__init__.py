@@ -4,16 +4,9 @@ shared second level in Redis."""
 
 from typing import TYPE_CHECKING
 
+from obelisk.caching._results import Cached, CacheStats, etag
 from obelisk.caching.http import cache_headers, not_modified
-from obelisk.caching.query_cache import (
-    Cached,
-    CacheStats,
-    QueryCache,
-    SharedCache,
-    SharedCacheError,
-    SharedLookup,
-    etag,
-)
+from obelisk.caching.query_cache import QueryCache, SharedCache, SharedCacheError, SharedLookup
 
 if TYPE_CHECKING:  # imported lazily at run time (see __getattr__); typed for checkers
     from obelisk.caching.redis_cache import RedisQueryCache

@@ -28,17 +28,19 @@ invalidations on a Redis channel so every process's cache drops the entry.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from obelisk.errors import ObeliskError, ValidationError
+from obelisk._arguments import check_int, check_seconds, check_text
+from obelisk.caching._checks import check_key, check_load, check_tags, run_loader
+from obelisk.caching._results import _EPOCH as _EPOCH  # the process's ETag epoch
+from obelisk.caching._results import Cached, CacheStats
+from obelisk.caching._shared import SharedCache, SharedCacheError, SharedLookup
+from obelisk.errors import ValidationError
 
 __all__ = [
     "CacheStats",
@@ -53,110 +55,6 @@ T = TypeVar("T")
 
 _log = logging.getLogger("obelisk.caching")
 _WARN_EVERY_S = 10.0  # at most one "shared layer failing" warning per this many seconds
-
-
-class SharedCacheError(ObeliskError):
-    """The shared layer could not answer (unreachable, timed out, refused the command).
-
-    :class:`QueryCache` never lets it fail a query: the loader answers instead."""
-
-
-@dataclass(frozen=True, slots=True)
-class SharedLookup:
-    """What the shared layer holds for a key: ``data`` (None on a miss, or when the value was
-    built under other tag versions than the current ones) and the current versions of the
-    key's tags there, read in the same round trip (handed back to ``store`` after a load)."""
-
-    data: bytes | None
-    versions: tuple[int, ...]
-
-
-class SharedCache(Protocol):
-    """A second-level cache that several processes' :class:`QueryCache` share
-    (:class:`~obelisk.caching.redis_cache.RedisQueryCache`).
-
-    ``lookup``, ``store`` and ``invalidate`` raise :class:`SharedCacheError` when the layer
-    cannot answer; ``encode`` and ``decode`` raise :class:`~obelisk.errors.ValidationError`
-    for values that do not fit.
-    """
-
-    def encode(self, value: Any) -> bytes:
-        """``value`` as bytes."""
-        ...
-
-    def decode(self, data: bytes, type: Any = None) -> Any:
-        """``data`` as ``type`` (None: builtins)."""
-        ...
-
-    async def lookup(self, key: str, tags: tuple[str, ...]) -> SharedLookup:
-        """The value of ``key`` if it was built under the current versions of ``tags``, and
-        those versions."""
-        ...
-
-    async def store(
-        self, key: str, tags: tuple[str, ...], data: bytes, versions: tuple[int, ...]
-    ) -> bool:
-        """Store ``data`` for ``key`` only if ``tags`` are still at ``versions`` (those a
-        lookup read before the load); whether it was stored."""
-        ...
-
-    async def invalidate(self, tags: tuple[str, ...]) -> None:
-        """Bump the versions of ``tags``: every value built under the old ones is a miss."""
-        ...
-
-
-@dataclass(slots=True)
-class CacheStats:
-    """Counters: ``loads`` is how many times a loader ran (single-flight keeps it low)."""
-
-    hits: int = 0
-    misses: int = 0
-    loads: int = 0
-    shared: int = 0  # misses that awaited another request's load (single-flight)
-    invalidations: int = 0
-    stale_loads: int = 0  # results finished after an invalidation of their tags: not stored
-    shared_hits: int = 0  # leader misses the shared layer answered (no load)
-    shared_misses: int = 0  # leader misses the shared layer did not hold (a load followed)
-    shared_errors: int = 0  # shared-layer calls that failed (the loader answered instead)
-
-    @property
-    def hit_ratio(self) -> float:
-        """Local hits over local lookups (the shared layer not counted)."""
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
-
-    @property
-    def shared_hit_ratio(self) -> float:
-        """Shared-layer hits over the shared-layer lookups that got an answer."""
-        total = self.shared_hits + self.shared_misses
-        return self.shared_hits / total if total else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Cached(Generic[T]):
-    """A result and the tag versions it was built under (its validator)."""
-
-    value: T
-    versions: tuple[tuple[str, int], ...]
-    stored_at: float
-
-    @property
-    def etag(self) -> str:
-        """A strong HTTP entity tag of this result's versions."""
-        return etag(self.versions)
-
-
-# Versions count from 0 in each process: a process started later would hand out, for new
-# data, the tag an older process gave old data. The epoch keeps their ETags apart (a
-# client switching processes gets one 200 instead of a wrong 304).
-_EPOCH = uuid.uuid4().hex[:8]
-
-
-def etag(versions: Iterable[tuple[str, int]]) -> str:
-    """An HTTP entity tag for a result built under these tag versions (in this process)."""
-    body = ";".join(f"{tag}={version}" for tag, version in sorted(versions))
-    digest = hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
-    return f'"{_EPOCH}-{digest}"'
 
 
 class QueryCache:
@@ -179,12 +77,8 @@ class QueryCache:
         ttl: float | None = None,
         shared: SharedCache | None = None,
     ) -> None:
-        if max_entries < 1:
-            raise ValidationError("max_entries must be >= 1")
-        if ttl is not None and ttl <= 0:
-            raise ValidationError("ttl must be > 0")
-        self.max_entries = max_entries
-        self.ttl = ttl
+        self.max_entries = check_int("max_entries", max_entries, 1)
+        self.ttl = None if ttl is None else check_seconds("ttl", ttl)
         self.shared = shared
         self.stats = CacheStats()
         self._entries: OrderedDict[str, tuple[Cached[Any], tuple[str, ...]]] = OrderedDict()
@@ -210,10 +104,14 @@ class QueryCache:
 
     def version(self, tag: str) -> int:
         """The current version of ``tag`` (0 until first invalidated)."""
-        return self._versions.get(tag, 0)
+        return self._versions.get(check_text("cache tag", tag, nul=True), 0)
 
     def versions(self, tags: Iterable[str]) -> tuple[tuple[str, int], ...]:
-        return tuple((tag, self._versions.get(tag, 0)) for tag in tags)
+        try:  # no check per tag: get() runs this twice per miss, on tags it checked
+            return tuple((tag, self._versions.get(tag, 0)) for tag in tags)
+        except TypeError:  # not iterable, or a tag that is no str
+            check_tags(tags)
+            raise
 
     async def get(
         self,
@@ -234,12 +132,14 @@ class QueryCache:
         if found is not None:
             self.stats.hits += 1
             return found
+        check_key(key)
+        check_load(load)
+        tag_list = check_tags(tags)
         self.stats.misses += 1
         flight = self._flights.get(key)
         if flight is not None:
             self.stats.shared += 1
             return await asyncio.shield(flight)
-        tag_list = tuple(tags)
         future: asyncio.Future[Cached[Any]] = asyncio.get_running_loop().create_future()
         self._flights[key] = future
         write: tuple[bytes, tuple[int, ...]] | None = None
@@ -247,7 +147,7 @@ class QueryCache:
             before = self.versions(tag_list)
             if self.shared is None:
                 self.stats.loads += 1
-                value: Any = await load()
+                value: Any = await run_loader(load)
             else:
                 value, write = await self._through_shared(key, load, tag_list, type)
             result = Cached(value, before, time.monotonic())
@@ -302,7 +202,7 @@ class QueryCache:
                     return value, None
             self.stats.shared_misses += 1
         self.stats.loads += 1
-        loaded = await load()
+        loaded = await run_loader(load)
         try:
             data = shared.encode(loaded)
             value = shared.decode(data, type)  # the shape other processes will be served
@@ -415,7 +315,11 @@ class QueryCache:
         return self._fresh(key)
 
     def _fresh(self, key: str) -> Cached[Any] | None:
-        entry = self._entries.get(key)
+        try:
+            entry = self._entries.get(key)
+        except TypeError:  # unhashable: no key at all
+            check_key(key)
+            raise
         if entry is None:
             return None
         cached = entry[0]
@@ -451,6 +355,7 @@ class QueryCache:
         too (in the background: ``flush`` waits for it) and listeners (other processes) are
         told. Without it (an invalidation another process published), only this process's
         entries go."""
+        tags = check_tags(tags)
         dropped = 0
         for tag in tags:
             self._versions[tag] = self._versions.get(tag, 0) + 1

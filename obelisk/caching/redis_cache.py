@@ -34,6 +34,8 @@ from typing import Any, Final, Self, TypeVar
 import msgspec
 from redis import exceptions as redis_errors
 
+from obelisk._arguments import check_int, check_seconds, check_text, describe
+from obelisk.caching._checks import check_key, check_tags
 from obelisk.caching.query_cache import SharedCacheError, SharedLookup
 from obelisk.errors import ValidationError
 
@@ -98,18 +100,12 @@ class RedisQueryCache:
         retry_after: float = 1.0,
         max_connections: int = 64,
     ) -> None:
-        if ttl <= 0:
-            raise ValidationError("ttl must be > 0")
-        if timeout <= 0:
-            raise ValidationError("timeout must be > 0")
-        if retry_after < 0:
-            raise ValidationError("retry_after must be >= 0")
-        self.url = url
-        self.prefix = prefix
-        self.ttl = ttl
-        self.timeout = timeout
-        self.retry_after = retry_after
-        self.max_connections = max_connections
+        self.url = check_text("url", url)
+        self.prefix = check_text("prefix", prefix, nul=True)
+        self.ttl = check_seconds("ttl", ttl)
+        self.timeout = check_seconds("timeout", timeout)
+        self.retry_after = check_seconds("retry_after", retry_after, zero=True)
+        self.max_connections = check_int("max_connections", max_connections, 1)
         self.stored = 0  # writes that went in
         self.refused = 0  # writes refused: a tag was invalidated during the load
         self.undecodable = 0  # values found that were not ours (left to expire or overwrite)
@@ -164,17 +160,17 @@ class RedisQueryCache:
     # -- keys -------------------------------------------------------------------------------
 
     def value_key(self, key: str) -> str:
-        return f"{self.prefix}:q:{key}"
+        return f"{self.prefix}:q:{check_key(key)}"
 
     def version_key(self, tag: str) -> str:
-        return f"{self.prefix}:v:{tag}"
+        return f"{self.prefix}:v:{check_text('cache tag', tag, nul=True)}"
 
     # -- encoding ---------------------------------------------------------------------------
 
     def encode(self, value: Any) -> bytes:
         try:
             return _encode_value(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise ValidationError(
                 f"cannot be stored in the shared cache ({exc}); return values msgspec can "
                 "encode (builtins, dataclasses, msgspec Structs, datetimes, UUIDs, ...)"
@@ -185,22 +181,28 @@ class RedisQueryCache:
             decoder = self._decoders.get(type)
         except TypeError:  # an unhashable type annotation: not kept
             decoder = None
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ValidationError(f"data must be bytes, got {describe(data)}")
         if decoder is None:
-            decoder = (
-                msgspec.msgpack.Decoder(type) if type is not None else msgspec.msgpack.Decoder()
-            )
+            try:
+                decoder = (
+                    msgspec.msgpack.Decoder(type) if type is not None else msgspec.msgpack.Decoder()
+                )
+            except (TypeError, ValueError, RecursionError) as exc:  # no type msgspec knows
+                raise ValidationError(f"cannot decode as {describe(type)}: {exc}") from None
             try:
                 self._decoders[type] = decoder
             except TypeError:
                 pass
         try:
             return decoder.decode(data)
-        except msgspec.DecodeError as exc:  # msgspec.ValidationError included
-            raise ValidationError(f"does not decode as {type!r}: {exc}") from exc
+        except (msgspec.DecodeError, RecursionError) as exc:  # msgspec.ValidationError too
+            raise ValidationError(f"does not decode as {describe(type)}: {exc}") from exc
 
     # -- the SharedCache calls --------------------------------------------------------------
 
     async def lookup(self, key: str, tags: tuple[str, ...]) -> SharedLookup:
+        tags = check_tags(tags)
         client = self._require()
         keys = [self.value_key(key), *(self.version_key(tag) for tag in tags)]
         data, *raw_versions = await self._call("lookup", lambda: client.mget(keys))
@@ -219,8 +221,13 @@ class RedisQueryCache:
     async def store(
         self, key: str, tags: tuple[str, ...], data: bytes, versions: tuple[int, ...]
     ) -> bool:
-        if len(versions) != len(tags):
-            raise ValidationError(f"{len(tags)} tags but {len(versions)} versions")
+        tags = check_tags(tags)
+        if not isinstance(data, bytes):
+            raise ValidationError(f"data must be bytes, got {describe(data)}")
+        if not isinstance(versions, tuple) or len(versions) != len(tags):
+            raise ValidationError(f"{len(tags)} tags but versions {describe(versions)}")
+        for version in versions:
+            check_int("version", version, 0)
         script = self._store_script
         self._require()
         entry = _encode_entry(_Entry(tags, versions, msgspec.Raw(data)))
@@ -234,6 +241,7 @@ class RedisQueryCache:
         return stored
 
     async def invalidate(self, tags: tuple[str, ...]) -> None:
+        tags = check_tags(tags)
         if not tags:
             return
         script = self._bump_script
@@ -243,6 +251,7 @@ class RedisQueryCache:
 
     async def versions(self, tags: tuple[str, ...]) -> tuple[int, ...]:
         """The current versions of ``tags`` in Redis (0: never invalidated)."""
+        tags = check_tags(tags)
         client = self._require()
         keys = [self.version_key(tag) for tag in tags]
         raw = await self._call("versions", lambda: client.mget(keys)) if keys else []

@@ -7,8 +7,8 @@ until a Redis or NATS broker is built.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from obelisk.errors import ValidationError
 from obelisk.messaging.broker import Broker, Published, TopicMessage
 from obelisk.messaging.memory import MemoryBroker
 from obelisk.messaging.message import (
@@ -25,6 +25,7 @@ from obelisk.messaging.message import (
     Message,
     validate_topic,
 )
+from obelisk.store.url_options import split_url
 
 if TYPE_CHECKING:
     from obelisk.messaging.consumers import Consumers
@@ -95,9 +96,10 @@ def broker_from_url(url: str) -> Broker:
       JetStream.
 
     Raises:
-        ValueError: an unknown scheme, or the client library the URL needs is missing.
+        ValidationError: (a ``ValueError``) an unknown scheme, or the client library the
+            URL needs is missing.
     """
-    scheme = urlsplit(url).scheme
+    scheme = split_url(url, "broker").scheme
     if scheme == "memory":
         return MemoryBroker()
     if scheme in ("redis", "rediss"):
@@ -110,9 +112,8 @@ def broker_from_url(url: str) -> Broker:
         from obelisk.messaging.nats import NatsBroker
 
         return NatsBroker(url)
-    raise ValueError(
-        f"unsupported broker URL {url!r}: use redis://host:port/db, nats://host:port "
-        "or memory://"
+    raise ValidationError(
+        f"unsupported broker URL {url!r}: use redis://host:port/db, nats://host:port or memory://"
     )
 
 
@@ -120,4 +121,4 @@ def _require(module: str, url: str, package: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise ValueError(f"{url!r} needs {package}: pip install 'obelisk[messaging]'")
+        raise ValidationError(f"{url!r} needs {package}: pip install 'obelisk[messaging]'")

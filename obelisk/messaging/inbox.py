@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from obelisk.projections.readstore import ReadStore, ReadTransaction
+from obelisk.store.identifiers import check_identifier
 
 __all__ = ["Inbox"]
 
@@ -32,7 +33,7 @@ class Inbox:
 
     def __init__(self, read_store: ReadStore, *, table: str = "obelisk_inbox") -> None:
         self.read_store = read_store
-        self.table = read_store.qualified(table)
+        self.table = read_store.qualified(check_identifier("table name", table))
         self._ready = False
 
     async def ensure(self) -> None:

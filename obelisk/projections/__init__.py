@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import unquote, urlencode
 
+from obelisk.errors import ValidationError
 from obelisk.projections.consistency import (
     POSITION_HEADER,
     position_from_headers,
@@ -23,6 +24,7 @@ from obelisk.projections.rebuild import RebuildProgress, rebuild
 from obelisk.projections.runner import Lag, ProjectionError, ProjectionRunner, partition_of
 from obelisk.projections.tables import Index, Table
 from obelisk.projections.worker import ProjectionWorker
+from obelisk.store.url_options import file_path, number_option, split_url, url_options
 
 __all__ = [
     "POSITION_HEADER",
@@ -54,40 +56,48 @@ __all__ = [
 
 
 def read_store_from_url(url: str) -> ReadStore:
-    """A read store for ``sqlite:///path.db`` or ``postgresql://...`` (options:
-    ``schema=name``, ``synchronous_commit=on|off``; others go to the driver)."""
-    parts = urlsplit(url)
+    """A read store for ``sqlite:///path.db`` (option ``busy_timeout=SECONDS``) or
+    ``postgresql://...`` (options ``schema=name``, ``synchronous_commit=on|off``; others
+    go to the driver).
+
+    Raises:
+        ValidationError: a URL this cannot use (a ``ValueError``): the message says why.
+    """
+    parts = split_url(url, "read store")
     if parts.scheme == "sqlite":
         from obelisk.projections._sqlite_read import SQLiteReadStore
 
         if parts.netloc:
-            raise ValueError(f"{url!r} has a host; use sqlite:///path/to/read.db")
+            raise ValidationError(f"{url!r} has a host; use sqlite:///path/to/read.db")
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
         if not path:
-            raise ValueError(f"{url!r} names no file: use sqlite:///path/to/read.db")
-        sqlite_options = parse_qs(parts.query)
-        busy = sqlite_options.pop("busy_timeout", ["10"])[-1]
+            raise ValidationError(f"{url!r} names no file: use sqlite:///path/to/read.db")
+        path = file_path(url, path)
+        sqlite_options = url_options(url, parts, ("busy_timeout",))
+        busy = number_option(url, sqlite_options, "busy_timeout", float)
         if sqlite_options:
-            raise ValueError(f"{url!r}: unknown option(s) {', '.join(sorted(sqlite_options))}")
-        try:
-            busy_timeout = float(busy)
-        except ValueError:
-            raise ValueError(f"{url!r}: busy_timeout must be seconds, got {busy!r}") from None
-        return SQLiteReadStore(path, busy_timeout=busy_timeout)
+            raise ValidationError(f"{url!r}: unknown option(s) {', '.join(sorted(sqlite_options))}")
+        return SQLiteReadStore(path, busy_timeout=10.0 if busy is None else busy)
     if parts.scheme in ("postgresql", "postgres"):
         try:
             from obelisk.projections._pg_read import PostgresReadStore
         except ImportError as exc:  # pragma: no cover - asyncpg is a dependency of the extra
-            raise ValueError(f"{url!r} needs asyncpg: pip install 'obelisk[postgres]'") from exc
-        options = parse_qs(parts.query)
-        schema = options.pop("schema", ["public"])[-1]
-        synchronous = options.pop("synchronous_commit", ["off"])[-1]
+            raise ValidationError(
+                f"{url!r} needs asyncpg: pip install 'obelisk[postgres]'"
+            ) from exc
+        options = url_options(url, parts, ("schema", "synchronous_commit"))
+        schema = options.pop("schema", "public")
+        synchronous = options.pop("synchronous_commit", "off")
         if synchronous not in ("on", "off"):
-            raise ValueError(f"{url!r}: synchronous_commit must be on or off")
+            raise ValidationError(f"{url!r}: synchronous_commit must be on or off")
         # What is left (sslmode, ...) belongs to the driver, as for the event store.
-        query = urlencode({k: v[-1] for k, v in options.items()})
-        dsn = parts._replace(query=query).geturl()
+        dsn = parts._replace(query=urlencode(options)).geturl()
         return PostgresReadStore(dsn, schema=schema, synchronous_commit=synchronous == "on")
-    raise ValueError(
+    if parts.scheme == "memory":
+        raise ValidationError(
+            f"read store URL {url!r}: there is no in-memory read store (yet); use "
+            "sqlite:///path.db (a file in a temporary folder for tests) or postgresql://..."
+        )
+    raise ValidationError(
         f"unsupported read store URL {url!r}: use sqlite:///path.db or postgresql://..."
     )

@@ -13,10 +13,14 @@ from typing import Any
 
 import asyncpg
 
-from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
+from obelisk._arguments import clip
+from obelisk.errors import StoreClosed, StoreError, StoreUnavailable, UnstorableValue
 from obelisk.projections._dialect import POSTGRES
-from obelisk.projections.readstore import ReadStore, ReadTransaction, encode_json_values
+from obelisk.projections._json_values import encode_json_values
+from obelisk.projections._read_checks import check_changes
+from obelisk.projections.readstore import ReadStore, ReadTransaction
 from obelisk.projections.tables import ChangeSet, quote
+from obelisk.store.identifiers import check_identifier
 
 __all__ = ["PostgresReadStore"]
 
@@ -33,7 +37,16 @@ _CONNECTION_ERRORS = (
 )
 
 
+# Bad values, not faults of the statement or the connection: asyncpg.DataError is what the
+# driver raises for a parameter it cannot encode (a lone surrogate, an int beyond 64 bits,
+# a wrong type) and what the server's class-22 errors are (NUL in text, a number out of
+# range); RecursionError escapes asyncpg while it describes a value nested thousands deep.
+_VALUE_ERRORS = (asyncpg.DataError, RecursionError, TypeError, OverflowError, UnicodeError)
+
+
 def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, _VALUE_ERRORS):
+        return UnstorableValue(f"read store refused a value: {clip(str(exc))}")
     if isinstance(exc, _CONNECTION_ERRORS):
         return StoreUnavailable(f"read store connection failed: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
@@ -73,6 +86,7 @@ class _PostgresTransaction(ReadTransaction):
 
     async def flush(self, changes: Sequence[tuple[ChangeSet, str]]) -> None:
         conn = self._conn
+        changes = check_changes(changes)
         try:
             for change, physical in changes:
                 if not change:
@@ -112,7 +126,8 @@ class PostgresReadStore(ReadStore):
 
     Args:
         dsn: a libpq URI; may be the event store's database.
-        schema: the schema holding the read models and bookkeeping (created if missing).
+        schema: the schema holding the read models and bookkeeping (created if missing);
+            the event store's identifier rule (``docs/postgres.md``).
         pool_max_size: connections for batches and queries (one per running partition
             is plenty).
         synchronous_commit: wait for each batch's commit to reach the disk. Off by default:
@@ -134,7 +149,9 @@ class PostgresReadStore(ReadStore):
     ) -> None:
         self.dsn = dsn
         self.synchronous_commit = synchronous_commit
-        self.schema = schema
+        # The event store's rule: a schema PostgreSQL would cut at 63 bytes is refused, or
+        # two read stores whose schemas differ only after the cut would share one.
+        self.schema = check_identifier("schema", schema)
         self.pool_max_size = pool_max_size
         self._pool: asyncpg.Pool | None = None
 

@@ -21,9 +21,12 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from obelisk.errors import StoreClosed, StoreError, StoreUnavailable
+from obelisk._arguments import clip
+from obelisk.errors import StoreClosed, StoreError, StoreUnavailable, UnstorableValue
 from obelisk.projections._dialect import SQLITE
-from obelisk.projections.readstore import ReadStore, ReadTransaction, encode_json_values
+from obelisk.projections._json_values import encode_json_values
+from obelisk.projections._read_checks import check_changes
+from obelisk.projections.readstore import ReadStore, ReadTransaction
 from obelisk.projections.tables import ChangeSet, quote
 
 __all__ = ["SQLiteReadStore"]
@@ -59,7 +62,7 @@ class _SQLiteTransaction(ReadTransaction):
             return rows
 
     async def flush(self, changes: Sequence[tuple[ChangeSet, str]]) -> None:
-        if not any(len(change) for change, _ in changes):
+        if not any(len(change) for change, _ in check_changes(changes)):
             return
         await self._begin()
         conn = self._conn
@@ -87,6 +90,10 @@ def _errors() -> Iterator[None]:
         yield
     except sqlite3.IntegrityError as exc:
         raise StoreError(f"read model constraint failed: {exc}") from exc
+    except (sqlite3.DataError, OverflowError, ValueError, TypeError) as exc:
+        # A parameter SQLite cannot bind: beyond 64 bits, a lone surrogate, a type it has
+        # no storage class for, a string or blob over its limit (sqlite3.DataError).
+        raise UnstorableValue(f"read store refused a value: {clip(str(exc))}") from exc
     except (sqlite3.OperationalError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
         raise StoreError(f"read store statement failed: {exc}") from exc
 

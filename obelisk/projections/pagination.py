@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from obelisk._arguments import check_int, describe
 from obelisk.errors import ValidationError
 from obelisk.projections.readstore import ReadStore
 from obelisk.projections.tables import Table, quote
@@ -42,24 +43,41 @@ class KeysetPage(msgspec.Struct, frozen=True):
 
 def encode_cursor(values: Sequence[Any]) -> str:
     """An opaque, URL-safe cursor for the order values of a listing's last row."""
-    return base64.urlsafe_b64encode(msgspec.json.encode(list(values))).decode().rstrip("=")
+    if not isinstance(values, list | tuple):
+        raise ValidationError(f"cursor values must be a list, got {describe(values)}")
+    try:
+        data = msgspec.json.encode(list(values))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(
+            f"cursor values {describe(values)} cannot be encoded: {exc}"
+        ) from None
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str, width: int) -> list[Any]:
     """The order values inside ``cursor``; ValidationError for anything not made by
     :func:`encode_cursor` for a listing of ``width`` order columns."""
+    if not isinstance(cursor, str) or not cursor.isascii():  # base64 is ASCII
+        raise ValidationError(f"malformed page cursor {describe(cursor)}")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = msgspec.json.decode(raw)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+    except (binascii.Error, ValueError, msgspec.DecodeError, RecursionError):
         raise ValidationError(f"malformed page cursor {cursor[:40]!r}") from None
     if not isinstance(values, list) or len(values) != width:
         raise ValidationError(f"page cursor {cursor[:40]!r} does not fit this listing")
     return values
 
 
+def _columns(what: str, columns: object) -> list[str]:
+    """``columns`` as a list of names (a plain str would be taken letter by letter)."""
+    if not isinstance(columns, list | tuple) or not all(isinstance(c, str) for c in columns):
+        raise ValidationError(f"{what} must be a list of column names, got {describe(columns)}")
+    return list(columns)
+
+
 def _order(table: Table, order_by: Sequence[str]) -> tuple[str, ...]:
-    order = list(order_by)
+    order = _columns("order_by", order_by)
     for column in order:
         if column not in table.columns:
             raise ValidationError(f"{table.name} has no column {column!r} to order by")
@@ -83,10 +101,16 @@ def keyset_sql(
     Parameters, in order: the ``where`` values, then (when ``after``) the cursor's values,
     then the limit.
     """
+    if not isinstance(table, Table):
+        raise ValidationError(f"expected a Table, got {type(table).__name__}")
     if direction not in ("asc", "desc"):
-        raise ValidationError(f"direction must be 'asc' or 'desc', got {direction!r}")
+        raise ValidationError(f"direction must be 'asc' or 'desc', got {describe(direction)}")
+    if where is not None and not (
+        isinstance(where, Mapping) and all(isinstance(c, str) for c in where)
+    ):
+        raise ValidationError(f"where must be a dict of column values, got {describe(where)}")
     order = _order(table, order_by)
-    selected = list(columns) if columns is not None else list(table.columns)
+    selected = _columns("columns", columns) if columns is not None else list(table.columns)
     for column in (*selected, *(where or {})):
         if column not in table.columns:
             raise ValidationError(f"{table.name} has no column {column!r}")
@@ -115,8 +139,7 @@ async def fetch_page(
     columns: Sequence[str] | None = None,
 ) -> KeysetPage:
     """One page of ``table`` (through its view) in ``order_by`` order, after ``after``."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise ValidationError(f"limit must be 1..{MAX_PAGE}, got {limit}")
+    check_int("limit", limit, 1, MAX_PAGE)
     sql, order = keyset_sql(
         read_store,
         table,

@@ -24,6 +24,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from obelisk._arguments import check_text
 from obelisk.domain.events import Event
 from obelisk.errors import ValidationError
 from obelisk.projections.tables import ChangeSet, Table
@@ -117,6 +118,8 @@ class Context:
     def invalidate(self, *tags: str) -> None:
         """Drop cached query results built from ``tags`` once this batch has committed
         (the runner's ``invalidate`` callback, e.g. a :class:`~obelisk.caching.QueryCache`)."""
+        for tag in tags:  # checked here, in the handler: after the commit it is too late
+            check_text("cache tag", tag, nul=True)
         self._invalidated.extend(tags)
 
     def table(self, table: Table) -> str:

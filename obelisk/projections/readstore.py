@@ -25,7 +25,17 @@ from typing import Any, Self
 
 import msgspec
 
+from obelisk._arguments import check_bool, check_int, check_seconds, check_text
+from obelisk.errors import ProjectionNotFound
 from obelisk.projections._dialect import Dialect
+from obelisk.projections._read_checks import (
+    check_claim,
+    check_letter,
+    check_name,
+    check_registration,
+    check_tables,
+)
+from obelisk.projections._read_records import CheckpointRow, Claim, DeadLetter, ProjectionState
 from obelisk.projections.tables import ChangeSet, Table
 
 __all__ = [
@@ -35,54 +45,6 @@ __all__ = [
     "ReadStore",
     "ReadTransaction",
 ]
-
-
-class ProjectionState(msgspec.Struct, frozen=True):
-    """A projection's row in the bookkeeping table."""
-
-    name: str
-    version: int
-    live_generation: int
-    building_generation: int | None
-    partitions: int
-    paused: bool
-
-
-class Claim(msgspec.Struct, frozen=True):
-    """A lease held on one partition of one generation: commits are fenced by ``epoch``."""
-
-    name: str
-    generation: int
-    partition: int
-    owner: str
-    epoch: int
-    position: int
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    """An event a projection skipped because its handler failed."""
-
-    projection: str
-    generation: int
-    position: int
-    stream_id: str
-    version: int
-    event_type: str
-    error: str
-    recorded_at: float
-
-
-class CheckpointRow(msgspec.Struct, frozen=True):
-    """One partition's checkpoint, as status tools show it."""
-
-    name: str
-    generation: int
-    partition: int
-    position: int
-    owner: str | None
-    lease_seconds_left: float | None
-    last_event_at: float | None
-    updated_at: float | None
 
 
 class ReadTransaction(abc.ABC):
@@ -121,29 +83,6 @@ class ReadTransaction(abc.ABC):
         itself fails with a duplicate key). SQLite's write transactions are serial already.
         """
         return None  # SQLite: nothing to take
-
-
-def _json_columns(table: Table) -> frozenset[str]:
-    return frozenset(c for c, kind in table.columns.items() if kind == "json")
-
-
-def encode_json_values(
-    table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
-) -> list[tuple[Any, ...]]:
-    """Rows with the values of json columns encoded to text (both databases take text)."""
-    json_columns = _json_columns(table)
-    positions = [i for i, c in enumerate(columns) if c in json_columns]
-    if not positions:
-        return rows
-    encode = msgspec.json.encode
-    out = []
-    for row in rows:
-        values = list(row)
-        for i in positions:
-            if values[i] is not None:
-                values[i] = encode(values[i]).decode()
-        out.append(tuple(values))
-    return out
 
 
 class ReadStore(abc.ABC):
@@ -251,6 +190,7 @@ class ReadStore(abc.ABC):
 
     async def state(self, name: str) -> ProjectionState | None:
         """The bookkeeping row of projection ``name``, or None before its first run."""
+        check_name(name)
         async with self.transaction() as tx:
             return await self._state(tx, name)
 
@@ -280,6 +220,7 @@ class ReadStore(abc.ABC):
     ) -> ProjectionState:
         """The projection's state, creating generation 1 (tables, indexes, views and one
         checkpoint per partition) on its first run. Concurrent first runs are safe."""
+        check_registration(name, version, partitions, tables)
         async with self.transaction() as tx:
             state = await self._state(tx, name)
             if state is not None:
@@ -316,6 +257,8 @@ class ReadStore(abc.ABC):
 
     async def create_indexes(self, tables: Sequence[Table], generation: int) -> None:
         """Build the secondary indexes of ``generation`` (after a rebuild's bulk load)."""
+        check_tables(tables)
+        check_int("generation", generation)
         async with self.transaction() as tx:
             for table in tables:
                 physical = self.physical(table, generation)
@@ -350,10 +293,12 @@ class ReadStore(abc.ABC):
     async def begin_rebuild(self, name: str, tables: Sequence[Table]) -> int:
         """The generation being rebuilt beside the live one (started now if none is):
         its tables without secondary indexes, and one checkpoint at position 0."""
+        check_name(name)
+        check_tables(tables)
         async with self.transaction() as tx:
             state = await self._state(tx, name)
             if state is None:
-                raise LookupError(f"no projection {name!r} in this read store")
+                raise ProjectionNotFound(f"no projection {name!r} in this read store")
             if state.building_generation is not None:
                 return state.building_generation
             generation = state.live_generation + 1
@@ -382,8 +327,12 @@ class ReadStore(abc.ABC):
     ) -> None:
         """Inside a rebuild's last batch: make ``generation`` live (views, state, one
         checkpoint per partition at ``position``). Readers see the old tables or the new."""
-        state = await self._state(tx, name)
-        assert state is not None
+        check_tables(tables)
+        for number in (version, generation, position):
+            check_int("version, generation and position", number)
+        state = await self._state(tx, check_name(name))
+        if state is None:
+            raise ProjectionNotFound(f"no projection {name!r} in this read store")
         await self._point_views(tx, tables, generation)
         await self._create_checkpoints(tx, name, generation, state.partitions, position)
         await tx.execute(
@@ -406,6 +355,9 @@ class ReadStore(abc.ABC):
 
     async def drop_generation(self, name: str, tables: Sequence[Table], generation: int) -> None:
         """Drop a retired generation's tables and checkpoints."""
+        check_name(name)
+        check_tables(tables)
+        check_int("generation", generation)
         async with self.transaction() as tx:
             await self._drop_generation(tx, name, tables, generation)
 
@@ -422,6 +374,8 @@ class ReadStore(abc.ABC):
 
     async def set_paused(self, name: str, paused: bool) -> None:
         """Pause or resume a projection's live runners (they stop at their next batch)."""
+        check_name(name)
+        check_bool("paused", paused)
         d = self.dialect
         async with self.transaction() as tx:
             changed = await tx.execute(
@@ -430,7 +384,7 @@ class ReadStore(abc.ABC):
                 name,
             )
         if not changed:
-            raise LookupError(f"no projection {name!r} in this read store")
+            raise ProjectionNotFound(f"no projection {name!r} in this read store")
 
     # -- leases and checkpoints --------------------------------------------------------
 
@@ -442,6 +396,9 @@ class ReadStore(abc.ABC):
         Returns the claim (with a new epoch, which fences out the previous holder), or None
         while someone else holds it.
         """
+        check_name(name)
+        check_text("owner", owner)
+        check_seconds("lease_seconds", lease_seconds)
         d = self.dialect
         async with self.transaction() as tx:
             row = await tx.fetchrow(
@@ -465,6 +422,7 @@ class ReadStore(abc.ABC):
 
     async def release(self, claim: Claim) -> None:
         """Give a lease up at once (a graceful stop): the next claimant need not wait."""
+        check_claim(claim)
         async with self.transaction() as tx:
             await tx.execute(
                 self.dialect.sql(
@@ -501,6 +459,11 @@ class ReadStore(abc.ABC):
         False — and the caller must roll back — when the lease was lost, the projection is
         paused, or the generation is no longer the live one or the one being built.
         """
+        check_claim(claim)
+        check_int("position", position)
+        check_seconds("lease_seconds", lease_seconds)
+        if last_event_at is not None:
+            check_seconds("last_event_at", last_event_at, zero=True)
         changed = await tx.execute(
             self._advance_sql(),
             position,
@@ -518,6 +481,7 @@ class ReadStore(abc.ABC):
 
     async def holds(self, claim: Claim) -> bool:
         """Whether ``claim`` could still commit (lease held, generation current, not paused)."""
+        check_claim(claim)
         d = self.dialect
         paused = "s.paused = false" if d.numbered else "s.paused = 0"
         async with self.transaction() as tx:
@@ -538,6 +502,7 @@ class ReadStore(abc.ABC):
 
     async def checkpoints(self, name: str) -> list[CheckpointRow]:
         """Every checkpoint of ``name`` (all generations), for status tools."""
+        check_name(name)
         d = self.dialect
         async with self.transaction() as tx:
             rows = await tx.fetch(
@@ -553,6 +518,7 @@ class ReadStore(abc.ABC):
 
     async def live_position(self, name: str) -> int | None:
         """The position every partition of the live generation has applied (the lowest)."""
+        check_name(name)
         d = self.dialect
         async with self.transaction() as tx:
             value = await tx.fetchval(
@@ -567,6 +533,7 @@ class ReadStore(abc.ABC):
     # -- dead letters ------------------------------------------------------------------
 
     async def record_dead_letter(self, tx: ReadTransaction, letter: DeadLetter) -> None:
+        letter = check_letter(letter)
         await tx.execute(
             self.dialect.sql(
                 f"INSERT INTO {self._dead_letters} (projection, generation, position, "
@@ -578,6 +545,8 @@ class ReadStore(abc.ABC):
 
     async def dead_letters(self, name: str, *, limit: int = 100) -> list[DeadLetter]:
         """The events ``name`` skipped, oldest first."""
+        check_name(name)
+        check_int("limit", limit, 0)
         async with self.transaction() as tx:
             rows = await tx.fetch(
                 self.dialect.sql(
@@ -594,6 +563,9 @@ class ReadStore(abc.ABC):
 
     async def heartbeat(self, name: str, worker_id: str, lease_seconds: float) -> int:
         """Note ``worker_id`` alive for ``lease_seconds``; the number of live workers."""
+        check_name(name)
+        check_text("worker_id", worker_id)
+        check_seconds("lease_seconds", lease_seconds)
         d = self.dialect
         async with self.transaction() as tx:
             await tx.execute(
@@ -616,6 +588,8 @@ class ReadStore(abc.ABC):
         return int(count)
 
     async def leave(self, name: str, worker_id: str) -> None:
+        check_name(name)
+        check_text("worker_id", worker_id)
         async with self.transaction() as tx:
             await tx.execute(
                 self.dialect.sql(f"DELETE FROM {self._workers} WHERE name = ? AND worker_id = ?"),

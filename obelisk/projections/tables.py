@@ -12,12 +12,13 @@ and flushes them as a few set-based statements.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from obelisk._arguments import check_int, describe
 from obelisk.errors import ValidationError
+from obelisk.store.identifiers import check_identifier, check_length
 
 __all__ = ["COLUMN_TYPES", "ChangeSet", "Index", "Table", "quote"]
 
@@ -34,20 +35,10 @@ COLUMN_TYPES: Final[dict[str, tuple[str, str]]] = {
 }
 """The column types a table may declare, and what each is in SQLite and PostgreSQL."""
 
-_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-
 
 def quote(name: str) -> str:
     """``name`` as a quoted SQL identifier (names are checked at declaration already)."""
     return '"' + name.replace('"', '""') + '"'
-
-
-def _check_name(what: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValidationError(
-            f"{what} {name!r} must be lower-case letters, digits and _, at most 48 characters"
-        )
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +84,15 @@ class Table:
         key: str | Sequence[str],
         indexes: Iterable[Index] = (),
     ) -> None:
-        _check_name("table name", name)
+        # At most 48 bytes: generation and index suffixes fit in 63 (checked again on
+        # the names made, see physical and index_name).
+        check_identifier("table name", name)
         if "__" in name:
             raise ValidationError(f"table name {name!r} may not contain '__' (generations use it)")
         if not columns:
             raise ValidationError(f"table {name!r} needs columns")
         for column, kind in columns.items():
-            _check_name("column name", column)
+            check_identifier("column name", column)
             if kind not in COLUMN_TYPES:
                 raise ValidationError(
                     f"column {name}.{column} has type {kind!r}; use one of "
@@ -117,13 +110,20 @@ class Table:
 
     def physical(self, generation: int) -> str:
         """The name of this table's storage in ``generation``."""
-        return f"{self.name}__{generation}"
+        check_int("generation", generation, 1)
+        return check_length("table name", self.name, f"{self.name}__{generation}")
 
     def index_name(self, generation: int, number: int) -> str:
-        return f"{self.name}__{generation}_ix{number}"
+        check_int("generation", generation, 1)
+        return check_length("table name", self.name, f"{self.name}__{generation}_ix{number}")
 
 
 # -- staged changes --------------------------------------------------------------------
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 UPSERT: Final = 1  # set the given columns, creating the row if missing
 REPLACE: Final = 2  # the row was deleted earlier in the batch: delete, then insert
@@ -160,27 +160,39 @@ class ChangeSet:
     def _key_of(self, row: Mapping[str, Any]) -> Any:
         keys = self.table.key
         try:
-            if len(keys) == 1:
-                return row[keys[0]]
-            return tuple(row[k] for k in keys)
+            key = row[keys[0]] if len(keys) == 1 else tuple(row[k] for k in keys)
+            hash(key)  # a list: refused here, not as a TypeError of the dict of changes
         except KeyError as exc:
             raise ValidationError(
                 f"a row of {self.table.name} needs its key column {exc.args[0]!r}"
             ) from None
+        except TypeError:
+            raise ValidationError(
+                f"a row of {self.table.name} must be a dict with a hashable key, "
+                f"got {describe(row)}"
+            ) from None
+        return key
 
     def _key_row(self, key: Any) -> dict[str, Any]:
         keys = self.table.key
-        if len(keys) == 1:
-            return {keys[0]: key}
-        if not isinstance(key, tuple) or len(key) != len(keys):
-            raise ValidationError(f"the key of {self.table.name} is a tuple {keys!r}, got {key!r}")
-        return dict(zip(keys, key, strict=True))
+        if len(keys) > 1 and (not isinstance(key, tuple) or len(key) != len(keys)):
+            raise ValidationError(
+                f"the key of {self.table.name} is a tuple {keys!r}, got {describe(key)}"
+            )
+        try:
+            hash(key)
+        except TypeError:
+            raise ValidationError(
+                f"a key of {self.table.name} must be hashable (a str, an int, a tuple of "
+                f"them), got {describe(key)}"
+            ) from None
+        return {keys[0]: key} if len(keys) == 1 else dict(zip(keys, key, strict=True))
 
     def _check_columns(self, names: Iterable[str]) -> None:
         columns = self.table.columns
         for name in names:
             if name not in columns:
-                raise ValidationError(f"{self.table.name} has no column {name!r}")
+                raise ValidationError(f"{self.table.name} has no column {describe(name)}")
 
     def upsert(self, row: dict[str, Any]) -> None:
         key = self._key_of(row)
@@ -209,10 +221,19 @@ class ChangeSet:
         except TypeError:  # an unhashable key (a list): say what a key must be
             self._key_row(key)
             raise
-        for column in deltas:
+        if not isinstance(deltas, Mapping):
+            raise ValidationError(f"deltas must be a dict of columns, got {describe(deltas)}")
+        for column, delta in deltas.items():
             if column in self.table.key:
                 raise ValidationError(
                     f"{self.table.name} key column {column!r} cannot be incremented"
+                )
+            # Exact types first (the common case costs two identity checks); a bool or a
+            # str would fail later, merged with another increment, as a TypeError.
+            if type(delta) is not int and type(delta) is not float and not _is_number(delta):
+                raise ValidationError(
+                    f"{self.table.name}.{describe(column)} increment must be a number, "
+                    f"got {describe(delta)}"
                 )
         if change is None:
             self._check_columns(deltas)
@@ -238,7 +259,7 @@ class ChangeSet:
                 pending[column] += delta
             else:
                 if column not in self.table.columns:
-                    raise ValidationError(f"{self.table.name} has no column {column!r}")
+                    raise ValidationError(f"{self.table.name} has no column {describe(column)}")
                 pending[column] = delta
 
     def delete(self, key: Any) -> None:

@@ -19,13 +19,13 @@ raises the offset once, so new positions still sort after every stored one.
 
 from __future__ import annotations
 
-import re
 from typing import Final, NamedTuple
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from obelisk.errors import StoreError, ValidationError
+from obelisk.errors import StoreError
+from obelisk.store.identifiers import check_identifier
 
 __all__ = [
     "INDEX_BITS",
@@ -43,30 +43,24 @@ AnyConnection = asyncpg.Connection | PoolConnectionProxy
 
 INDEX_BITS: Final = 16
 MAX_EVENTS_PER_TRANSACTION: Final = 1 << INDEX_BITS
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,39}")
-_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,19}")
 
 
 class Names:
     """Quoted, validated SQL names of one store's objects.
 
-    Only names that match a strict pattern (lower-case letters, digits, underscores) are
-    accepted, and they are quoted as well, so configuration can never inject SQL.
+    Names follow obelisk's one identifier rule (:mod:`obelisk.store.identifiers`), and they
+    are quoted as well, so configuration can never inject SQL.
     """
 
     def __init__(self, schema: str, prefix: str) -> None:
-        if not isinstance(schema, str) or not _IDENTIFIER.fullmatch(schema):
-            raise ValidationError(
-                f"schema must be 1-40 lower-case letters, digits or underscores, "
-                f"starting with a letter or underscore; got {schema!r}"
-            )
-        if schema.startswith("pg_"):
-            raise ValidationError("schema names starting with pg_ are reserved by PostgreSQL")
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-            raise ValidationError(
-                f"table prefix must be 1-20 lower-case letters, digits or underscores, "
-                f"starting with a letter; got {prefix!r}"
-            )
+        schema = check_identifier("schema", schema)
+        # The longest names built from them: the unique index (prefix + 21 bytes) and the
+        # NOTIFY channel (schema.prefix + events), which PostgreSQL caps at 63 bytes too.
+        prefix = check_identifier(
+            "table prefix",
+            prefix,
+            builds=(f"{prefix}events_stream_version", f"{schema}.{prefix}events"),
+        )
         self.schema_name = schema
         self.prefix = prefix
         self.schema = f'"{schema}"'
