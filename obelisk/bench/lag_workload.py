@@ -55,9 +55,15 @@ class LagWatch:
         """``read_all`` keeping each non-empty page for :meth:`committed`."""
 
         async def watched(
-            *, after: int = 0, limit: int = 1000, types: Iterable[str] | None = None
+            *,
+            after: int = 0,
+            limit: int = 1000,
+            types: Iterable[str] | None = None,
+            keep_undecodable: bool = False,
         ) -> list[StoredEvent]:
-            page = await read_all(after=after, limit=limit, types=types)
+            page = await read_all(
+                after=after, limit=limit, types=types, keep_undecodable=keep_undecodable
+            )
             if page:
                 self._pages.append(page)
             return page
