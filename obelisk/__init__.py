@@ -8,7 +8,7 @@ from obelisk.application import (
     SnapshotPolicy,
     UnitOfWork,
 )
-from obelisk.domain import Aggregate, Event, applies, command
+from obelisk.domain import Aggregate, Event, UndecodableEvent, applies, command
 from obelisk.errors import (
     AggregateNotFound,
     CommandRejected,
@@ -24,6 +24,7 @@ from obelisk.errors import (
     StoreUnavailable,
     UnknownEventType,
     UnstorableValue,
+    UsageError,
     ValidationError,
 )
 from obelisk.store import (
@@ -35,6 +36,7 @@ from obelisk.store import (
     MemoryEventStore,
     SQLiteEventStore,
     StoredEvent,
+    find_undecodable,
 )
 
 __version__ = "0.1.0"
@@ -69,9 +71,12 @@ __all__ = [
     "StoredEvent",
     "UnitOfWork",
     "UnknownEventType",
+    "UndecodableEvent",
     "UnstorableValue",
+    "UsageError",
     "ValidationError",
     "__version__",
     "applies",
     "command",
+    "find_undecodable",
 ]

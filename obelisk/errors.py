@@ -25,6 +25,7 @@ __all__ = [
     "UnhandledEvent",
     "UnknownEventType",
     "UnstorableValue",
+    "UsageError",
     "ValidationError",
 ]
 
@@ -39,6 +40,11 @@ class ValidationError(ObeliskError, ValueError):
 
 class InvalidStreamId(ValidationError):
     """A stream id is empty, too long or holds control characters."""
+
+
+class UsageError(ObeliskError, RuntimeError):
+    """obelisk was called in a way it cannot serve: an application used before it is open,
+    a job enqueued with no job queue configured. Fix the calling code; retrying won't help."""
 
 
 class DomainError(ObeliskError):

@@ -8,12 +8,13 @@ comparison. Each check costs a type test or two for well-formed input.
 from __future__ import annotations
 
 import math
-import reprlib
 from datetime import datetime
 from typing import Final
 
 import msgspec
 
+from obelisk._arguments import check_text
+from obelisk._arguments import describe as shown
 from obelisk.domain.values import check_json_nesting
 from obelisk.errors import ValidationError
 
@@ -28,30 +29,6 @@ __all__ = [
 ]
 
 _INT64_MAX: Final = 2**63 - 1
-# A refused value quoted in an error: cut short (it may be a megabyte, or lists nested
-# thousands deep, which the plain repr would recurse through until a RecursionError).
-_SHOWN: Final = reprlib.Repr()
-_SHOWN.maxstring = _SHOWN.maxother = 60
-_SHOWN.maxlevel = 3
-
-
-def shown(value: object) -> str:
-    """``value`` for an error message: its repr, cut short and shallow."""
-    return _SHOWN.repr(value)
-
-
-def check_text(name: str, value: object) -> None:
-    """``value`` must be a str a database and a UTF-8 hash can take: no lone surrogates
-    (nothing encodes them), no NUL (PostgreSQL's text cannot hold it)."""
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be a str, got {type(value).__name__}")
-    if not value.isascii():  # O(1): ASCII text always encodes
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise ValidationError(f"{name} {shown(value)} is not valid text") from None
-    if "\x00" in value:
-        raise ValidationError(f"{name} {shown(value)} holds a NUL character")
 
 
 def check_ids(correlation_id: object, causation_id: object, idempotency_key: object = None) -> None:

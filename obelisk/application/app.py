@@ -20,7 +20,13 @@ from obelisk.application.retry import NO_RETRY, RetryPolicy
 from obelisk.application.snapshots import Snapshotter
 from obelisk.application.unit_of_work import UnitOfWork, keyed_event_ids
 from obelisk.domain.aggregate import Aggregate
-from obelisk.errors import AggregateNotFound, ConcurrencyError, DomainError, ValidationError
+from obelisk.errors import (
+    AggregateNotFound,
+    ConcurrencyError,
+    DomainError,
+    UsageError,
+    ValidationError,
+)
 from obelisk.observability.observer import CommandTiming
 from obelisk.store.base import EventStore
 from obelisk.store.records import validate_stream_id
@@ -118,7 +124,7 @@ class Application:
     def store(self) -> EventStore:
         """The event store (available once the application is open)."""
         if self._store is None:
-            raise RuntimeError("the application is not open: use `async with app:`")
+            raise UsageError("the application is not open: use `async with app:`")
         return self._store
 
     async def open(self) -> None:
@@ -272,7 +278,7 @@ class Application:
         """Put a background job on the application's job queue; the job's id (ask the
         queue for its status or wait for its result). ``key`` orders jobs: one at a time."""
         if self.jobs is None:
-            raise RuntimeError("no job queue: Application(..., jobs=JobQueue(broker, read_store))")
+            raise UsageError("no job queue: Application(..., jobs=JobQueue(broker, read_store))")
         return await self.jobs.enqueue(job, key=key)
 
     async def handle_json(self, name: str, payload: bytes | str, **kwargs: Any) -> int | None:

@@ -68,6 +68,21 @@ class RedisInvalidation:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def _tags_of(self, data: object) -> list[str] | None:
+        """The tags another process invalidated, or None for our own message or one that is
+        not an invalidation (anyone can publish on the channel: a message of another shape
+        or nested past the parser's depth must not end the listener)."""
+        try:
+            body = msgspec.json.decode(data)  # type: ignore[call-overload]
+        except (msgspec.DecodeError, TypeError, RecursionError):
+            return None
+        if not isinstance(body, dict) or body.get("origin") == self.origin:
+            return None
+        tags = body.get("tags", ())
+        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+            return None
+        return list(tags)
+
     async def _listen(self, ready: asyncio.Event) -> None:
         from redis import exceptions
 
@@ -83,14 +98,11 @@ class RedisInvalidation:
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
-                    try:
-                        body = msgspec.json.decode(message["data"])
-                    except msgspec.DecodeError:
-                        continue
-                    if body.get("origin") == self.origin:
+                    tags = self._tags_of(message.get("data"))
+                    if tags is None:
                         continue
                     self.received += 1
-                    self.cache.invalidate(*body.get("tags", ()), broadcast=False)
+                    self.cache.invalidate(*tags, broadcast=False)
             except (exceptions.ConnectionError, OSError) as exc:
                 _log.warning("cache invalidations: %s; reconnecting", exc)
                 await asyncio.sleep(0.5)

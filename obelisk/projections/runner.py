@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
+from obelisk._arguments import check_int, check_seconds
 from obelisk.domain.events import UndecodableEvent
 from obelisk.errors import (
     ObeliskError,
@@ -37,6 +38,7 @@ from obelisk.errors import (
     ValidationError,
 )
 from obelisk.observability.histogram import FastHistogram
+from obelisk.projections._read_checks import MAX_PARTITIONS
 from obelisk.projections.projection import Context, Projection
 from obelisk.projections.readstore import Claim, DeadLetter, ReadStore, ReadTransaction
 from obelisk.projections.tables import ChangeSet, Table
@@ -155,15 +157,15 @@ class ProjectionRunner:
             raise ValidationError(f"expected a Projection instance, got {projection!r}")
         if not getattr(type(projection), "name", None):
             raise ValidationError(f"{type(projection).__qualname__} has no name")
-        if partitions < 1 or not 0 <= partition < partitions:
+        check_int("partitions", partitions, 1, MAX_PARTITIONS)
+        if not 0 <= check_int("partition", partition) < partitions:
             raise ValidationError(f"need 0 <= partition < partitions, got {partition}/{partitions}")
-        if page_size < 1:
-            raise ValidationError(f"page_size must be >= 1, got {page_size}")
+        check_int("page_size", page_size, 1, 1_000_000)
         if on_error not in ("stop", "dead-letter"):
             raise ValidationError(f"on_error must be 'stop' or 'dead-letter', got {on_error!r}")
-        if lease_seconds <= 0 or poll_interval <= 0:
-            raise ValidationError("lease_seconds and poll_interval must be > 0")
-        if not 0 <= linger < lease_seconds / 3:
+        check_seconds("lease_seconds", lease_seconds)
+        check_seconds("poll_interval", poll_interval)
+        if not 0 <= check_seconds("linger", linger, zero=True) < lease_seconds / 3:
             raise ValidationError("linger must be >= 0 and well under lease_seconds")
         self.projection = projection
         self.linger = linger

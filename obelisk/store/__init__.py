@@ -14,10 +14,12 @@ from obelisk.store.records import (
     StreamSize,
     validate_stream_id,
 )
+from obelisk.store.scan import find_undecodable
 from obelisk.store.sqlite import SQLiteEventStore
 from obelisk.store.url import store_from_url
 
 __all__ = [
+    "find_undecodable",
     "ANY",
     "NO_STREAM",
     "AppendRequest",

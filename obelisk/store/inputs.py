@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 from uuid import UUID
 
+from obelisk._arguments import check_int
 from obelisk.domain.values import shown
 from obelisk.errors import ValidationError
 from obelisk.store.records import Snapshot, validate_stream_id
@@ -41,7 +42,7 @@ def check_int64(name: str, value: object) -> int:
     """``value`` if it is an int a database integer holds (positions, versions), else
     ValidationError: drivers would raise OverflowError or their own errors."""
     if type(value) is not int or not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-        raise ValidationError(f"{name} must be an int from -2**63 to 2**63-1, got {shown(value)}")
+        return check_int(name, value)  # raises, naming the rule
     return value
 
 

@@ -14,13 +14,7 @@ from obelisk.projections import Index, ReadStore, Table, fetch_page, keyset_sql
 from obelisk.projections.pagination import decode_cursor, encode_cursor
 from obelisk.projections.readstore import Claim, DeadLetter
 from obelisk.projections.tables import ChangeSet
-
-
-def _nested(depth: int) -> list[Any]:
-    value: list[Any] = []
-    for _ in range(depth):
-        value = [value]
-    return value
+from obelisk.testing.hostile import nested
 
 
 class _Opaque:
@@ -43,7 +37,7 @@ NASTY: list[Any] = [
     float("nan"),
     float("inf"),
     float("-inf"),
-    _nested(5000),
+    nested(5001),
     [],
     {},
     {"a": [1, {"b": None}]},

@@ -28,6 +28,7 @@ from obelisk.store import (
 )
 from obelisk.store.codec import EventCodec, JsonCodec
 from obelisk.store.postgres import PostgresEventStore
+from obelisk.testing.hostile import nested
 
 
 class PaymentTaken(Event):
@@ -53,17 +54,6 @@ class Tagged(Event):
 class DocumentSaved(Event):
     event_type = "checked_writes.DocumentSaved"
     body: Any
-
-
-def nested(depth: int) -> list[Any]:
-    """A list nested ``depth`` levels deep (built without recursion)."""
-    root: list[Any] = []
-    current = root
-    for _ in range(depth - 1):
-        child: list[Any] = []
-        current.append(child)
-        current = child
-    return root
 
 
 Opener = Callable[[EventCodec], EventStore]

@@ -24,6 +24,7 @@ from obelisk.domain.events import UndecodableEvent
 from obelisk.errors import ObeliskError, ValidationError
 from obelisk.store import AppendRequest, EventStore, MemoryEventStore, Snapshot, SQLiteEventStore
 from obelisk.store.postgres import PostgresEventStore
+from obelisk.testing.hostile import nested
 
 
 class Noted(Event):
@@ -35,16 +36,6 @@ class Noted(Event):
 class Free(Event):
     event_type = "hostile_store.Free"
     body: Any
-
-
-def nested(depth: int) -> list[Any]:
-    root: list[Any] = []
-    current = root
-    for _ in range(depth - 1):
-        child: list[Any] = []
-        current.append(child)
-        current = child
-    return root
 
 
 class Deep:

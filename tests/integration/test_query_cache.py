@@ -197,3 +197,32 @@ async def test_invalidations_reach_the_caches_of_other_processes_through_redis(
     finally:
         await ours.stop()
         await theirs.stop()
+
+
+async def test_hostile_messages_on_the_invalidation_channel_do_not_stop_the_listener(
+    redis_url: str,
+) -> None:
+    from redis.asyncio import Redis
+
+    here = QueryCache()
+    listener = RedisInvalidation(redis_url, here, channel=f"hostile-{id(here)}")
+    await listener.start()
+    client = Redis.from_url(redis_url)
+    try:
+
+        async def load() -> str:
+            return "rows"
+
+        await here.get("k", load, tags=["section:A"])
+        # Anyone can publish on the channel: none of these is an invalidation.
+        for junk in (b"[" * 5000 + b"]" * 5000, b"[]", b"1", b"not json",
+                     b'{"origin": "x", "tags": [1, 2]}', b'{"origin": "x", "tags": "ab"}'):
+            await client.publish(listener.channel, junk)
+        await client.publish(listener.channel, b'{"origin": "x", "tags": ["section:A"]}')
+        async with asyncio.timeout(WAIT):
+            while here.peek("k") is not None:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert listener.received == 1  # the one real invalidation, after the junk
+    finally:
+        await client.aclose()
+        await listener.stop()

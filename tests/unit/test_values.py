@@ -12,18 +12,15 @@ import pytest
 
 from obelisk.domain.values import MAX_NESTING, check_json_nesting, check_value_nesting
 from obelisk.errors import ValidationError
-
-
-def _nested(depth: int) -> bytes:
-    return b"[" * depth + b"]" * depth
+from obelisk.testing.hostile import nested, nested_json
 
 
 def test_a_document_nested_exactly_to_the_limit_passes_and_one_level_more_is_refused() -> None:
-    check_json_nesting(_nested(MAX_NESTING), "the body")
+    check_json_nesting(nested_json(MAX_NESTING), "the body")
     check_json_nesting(b'{"a":' * MAX_NESTING + b"1" + b"}" * MAX_NESTING, "the body")
 
     with pytest.raises(ValidationError, match="the body is nested deeper than 128 levels"):
-        check_json_nesting(_nested(MAX_NESTING + 1), "the body")
+        check_json_nesting(nested_json(MAX_NESTING + 1), "the body")
     with pytest.raises(ValidationError, match="nested deeper"):
         check_json_nesting("[" * 1000 + "]" * 1000, "the body")
 
@@ -59,19 +56,12 @@ class Box:
     content: Any
 
 
-def _deep(depth: int) -> list[Any]:
-    value: list[Any] = []
-    for _ in range(depth - 1):
-        value = [value]
-    return value
-
-
 def test_values_nested_inside_a_dataclass_count_as_nesting() -> None:
     # msgspec encodes a dataclass like a struct (one level more): before, the walk stopped
     # at the dataclass, and the encoder met the depth with a RecursionError.
-    check_value_nesting(Box(_deep(MAX_NESTING - 1)), "the value")
+    check_value_nesting(Box(nested(MAX_NESTING - 1)), "the value")
 
     with pytest.raises(ValidationError, match="nested deeper than 128 levels"):
-        check_value_nesting(Box(_deep(MAX_NESTING)), "the value")
+        check_value_nesting(Box(nested(MAX_NESTING)), "the value")
     with pytest.raises(ValidationError, match="nested deeper"):
-        check_value_nesting({"a": [Box(_deep(5000))]}, "the value")
+        check_value_nesting({"a": [Box(nested(5000))]}, "the value")
