@@ -126,6 +126,21 @@ async def test_the_memory_store_keeps_an_undecodable_row_too() -> None:
 # -- followers --------------------------------------------------------------------------------
 
 
+async def test_a_memory_store_subscription_stops_at_an_undecodable_event_too() -> None:
+    async with MemoryEventStore() as store:
+        await store.append("l-1", [LedgerOpened(owner="ann"), LedgerCredited(amount=1)])
+        store._log[1].encoded.data = DAMAGED
+        seen: list[int] = []
+
+        async def follow() -> None:
+            async for stored in store.subscribe(poll_interval=0.05):
+                seen.append(stored.version)
+
+        with pytest.raises(CorruptEvent) as info:
+            await asyncio.wait_for(follow(), WAIT)
+        assert (seen, info.value.version) == ([1], 2)
+
+
 async def test_a_subscription_hands_out_what_precedes_an_undecodable_event_then_raises_it(
     backend: Backend,
 ) -> None:
