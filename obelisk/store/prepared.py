@@ -51,7 +51,7 @@ class PreparedAppend(msgspec.Struct):
 
 def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> list[PreparedAppend]:
     """Validate and encode ``requests``; raise ValidationError before anything is written."""
-    if not isinstance(requests, Sequence) or isinstance(requests, str | bytes):
+    if not _is_sequence(requests):
         raise ValidationError(f"append_many takes a sequence of requests, got {shown(requests)}")
     if not requests:
         raise ValidationError("an append needs at least one stream")
@@ -71,18 +71,18 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
                 f"expected_version must be NO_STREAM, ANY or a version >= 1, got {shown(expected)}"
             )
         events = request.events
-        if not isinstance(events, Sequence) or isinstance(events, str | bytes):
+        if not _is_sequence(events):
             raise ValidationError(
                 f"append to {stream_id!r}: events must be a sequence of events, "
                 f"got {type(events).__name__}"
             )
         if not events:
             raise ValidationError(f"append to {stream_id!r} has no events")
-        if (
-            request.stream_type is not None
-            or request.correlation_id is not None
-            or request.causation_id is not None
-            or request.trace_context is not None
+        if not (
+            _plain_text(request.stream_type)
+            and _plain_text(request.correlation_id)
+            and _plain_text(request.causation_id)
+            and _plain_text(request.trace_context)
         ):
             _check_metadata(request)
         ids = _event_ids(request.event_ids, len(events), stream_id)
@@ -123,6 +123,21 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
 MAX_METADATA_LENGTH: Final = 1024
 
 
+def _is_sequence(value: object) -> bool:
+    """A list or tuple (at a type test's cost), or another sequence but text."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return True
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
+def _plain_text(value: object) -> bool:
+    """None, or envelope text that needs no closer look (the common case, on every append)."""
+    return value is None or (
+        type(value) is str and len(value) <= MAX_METADATA_LENGTH and value.isprintable()
+    )
+
+
 def _check_metadata(request: AppendRequest) -> None:
     """Refuse envelope text a database cannot hold (NUL, lone surrogates) or should not
     repeat on every event (longer than MAX_METADATA_LENGTH)."""
@@ -142,7 +157,7 @@ def _check_metadata(request: AppendRequest) -> None:
 def _event_ids(given: Sequence[UUID] | None, count: int, stream_id: str) -> list[bytes]:
     if given is None:
         return [new_event_id() for _ in range(count)]
-    if not isinstance(given, Sequence) or isinstance(given, str | bytes):
+    if not _is_sequence(given):
         raise ValidationError(f"event_ids must be a sequence of UUIDs, got {type(given).__name__}")
     if len(given) != count:
         raise ValidationError(
