@@ -71,18 +71,20 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
                 f"expected_version must be NO_STREAM, ANY or a version >= 1, got {shown(expected)}"
             )
         events = request.events
-        if not _is_sequence(events):
+        kind = type(events)
+        if kind is not list and kind is not tuple and not _is_sequence(events):
             raise ValidationError(
                 f"append to {stream_id!r}: events must be a sequence of events, "
                 f"got {type(events).__name__}"
             )
         if not events:
             raise ValidationError(f"append to {stream_id!r} has no events")
+        stream_type = request.stream_type
         if not (
-            _plain_text(request.stream_type)
-            and _plain_text(request.correlation_id)
-            and _plain_text(request.causation_id)
-            and _plain_text(request.trace_context)
+            (stream_type is None or stream_type in _CHECKED_STREAM_TYPES)
+            and request.correlation_id is None
+            and request.causation_id is None
+            and request.trace_context is None
         ):
             _check_metadata(request)
         ids = _event_ids(request.event_ids, len(events), stream_id)
@@ -131,11 +133,11 @@ def _is_sequence(value: object) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 
-def _plain_text(value: object) -> bool:
-    """None, or envelope text that needs no closer look (the common case, on every append)."""
-    return value is None or (
-        type(value) is str and len(value) <= MAX_METADATA_LENGTH and value.isprintable()
-    )
+# Stream types already checked: an application has a handful (its aggregate types) and
+# names one on every append, so each is looked at once. Bounded: a store fed arbitrary
+# types checks them every time instead.
+_CHECKED_STREAM_TYPES: set[str] = set()
+_MAX_CHECKED_STREAM_TYPES: Final = 1024
 
 
 def _check_metadata(request: AppendRequest) -> None:
@@ -152,6 +154,9 @@ def _check_metadata(request: AppendRequest) -> None:
                 f"{name} must be printable text of at most {MAX_METADATA_LENGTH} characters, "
                 f"got {value[:40]!r}{'...' if len(value) > 40 else ''}"
             )
+    stream_type = request.stream_type
+    if stream_type is not None and len(_CHECKED_STREAM_TYPES) < _MAX_CHECKED_STREAM_TYPES:
+        _CHECKED_STREAM_TYPES.add(stream_type)
 
 
 def _event_ids(given: Sequence[UUID] | None, count: int, stream_id: str) -> list[bytes]:
