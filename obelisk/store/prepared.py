@@ -81,7 +81,10 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
             raise ValidationError(f"append to {stream_id!r} has no events")
         stream_type = request.stream_type
         if not (
-            (stream_type is None or stream_type in _CHECKED_STREAM_TYPES)
+            (
+                stream_type is None
+                or (type(stream_type) is str and stream_type in _CHECKED_STREAM_TYPES)
+            )
             and request.correlation_id is None
             and request.causation_id is None
             and request.trace_context is None
