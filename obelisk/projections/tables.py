@@ -161,7 +161,6 @@ class ChangeSet:
         keys = self.table.key
         try:
             key = row[keys[0]] if len(keys) == 1 else tuple(row[k] for k in keys)
-            hash(key)  # a list: refused here, not as a TypeError of the dict of changes
         except KeyError as exc:
             raise ValidationError(
                 f"a row of {self.table.name} needs its key column {exc.args[0]!r}"
@@ -196,7 +195,13 @@ class ChangeSet:
 
     def upsert(self, row: dict[str, Any]) -> None:
         key = self._key_of(row)
-        change = self._changes.get(key)
+        try:
+            change = self._changes.get(key)
+        except TypeError:  # an unhashable key (a list): refused here, not as a TypeError
+            raise ValidationError(
+                f"a row of {self.table.name} must be a dict with a hashable key, "
+                f"got {describe(row)}"
+            ) from None
         if change is None:
             self._check_columns(row)
             self._changes[key] = _Change(UPSERT, dict(row), {})
@@ -221,7 +226,7 @@ class ChangeSet:
         except TypeError:  # an unhashable key (a list): say what a key must be
             self._key_row(key)
             raise
-        if not isinstance(deltas, Mapping):
+        if type(deltas) is not dict and not isinstance(deltas, Mapping):  # ABC check: rare
             raise ValidationError(f"deltas must be a dict of columns, got {describe(deltas)}")
         for column, delta in deltas.items():
             if column in self.table.key:
