@@ -1,7 +1,14 @@
-"""Values of ``json`` columns, encoded to text once per flush (both databases take text)."""
+"""Values of ``json`` and ``float`` columns, made ready once per flush.
+
+``json`` values are encoded to text (both databases take text). A value that would not read
+back as written is refused with UnstorableValue, nothing of the batch written: NaN and
+infinity in a ``json`` value (msgspec writes them as ``null``), and NaN in a ``float``
+column on SQLite (which stores NaN as NULL; PostgreSQL's double precision keeps it).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -10,7 +17,7 @@ from obelisk._arguments import clip, describe
 from obelisk.errors import UnstorableValue
 from obelisk.projections.tables import Table
 
-__all__ = ["encode_json_values"]
+__all__ = ["check_float_values", "encode_json_values"]
 
 
 def _json_columns(table: Table) -> frozenset[str]:
@@ -36,7 +43,11 @@ def encode_json_values(
             values = list(row)
             for i in positions:
                 if values[i] is not None:
-                    values[i] = encode(values[i]).decode()
+                    data = encode(values[i])
+                    # null is how msgspec writes NaN and infinity: only then a closer look.
+                    if b"null" in data and _non_finite(values[i]):
+                        raise ValueError("JSON has no NaN or infinity")
+                    values[i] = data.decode()
             out.append(tuple(values))
     except (TypeError, ValueError, RecursionError) as exc:
         raise UnstorableValue(
@@ -44,3 +55,36 @@ def encode_json_values(
             f"{type(exc).__name__}: {clip(str(exc))}"
         ) from None
     return out
+
+
+def check_float_values(
+    table: Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """UnstorableValue for a NaN in a ``float`` column of ``rows`` (SQLite would store NULL)."""
+    positions = [i for i, c in enumerate(columns) if table.columns.get(c) == "float"]
+    if not positions:
+        return
+    for row in rows:
+        for i in positions:
+            value = row[i]
+            if value != value:  # only NaN is not equal to itself
+                raise UnstorableValue(
+                    f"{table.name}.{columns[i]}: NaN cannot be stored in a float column on "
+                    "SQLite (it would read back as NULL): store None for a missing value"
+                )
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a NaN or an infinity anywhere (nesting is bounded by the
+    encoder, which has just encoded it)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False

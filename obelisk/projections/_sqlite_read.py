@@ -24,7 +24,7 @@ from typing import Any
 from obelisk._arguments import clip
 from obelisk.errors import StoreClosed, StoreError, StoreUnavailable, UnstorableValue
 from obelisk.projections._dialect import SQLITE
-from obelisk.projections._json_values import encode_json_values
+from obelisk.projections._json_values import check_float_values, encode_json_values
 from obelisk.projections._read_checks import check_changes
 from obelisk.projections.readstore import ReadStore, ReadTransaction
 from obelisk.projections.tables import ChangeSet, quote
@@ -76,9 +76,11 @@ class _SQLiteTransaction(ReadTransaction):
                     keys = deletes if len(table.key) > 1 else [(k,) for k in deletes]
                     conn.executemany(SQLITE.delete(table, physical), keys)
                 for columns, rows in upserts:
+                    check_float_values(table, columns, rows)
                     values = encode_json_values(table, columns, rows)
                     conn.executemany(SQLITE.upsert(table, physical, columns), values)
                 for columns, rows in adds:
+                    check_float_values(table, columns, rows)
                     conn.executemany(SQLITE.add(table, physical, columns), rows)
             change.clear()
 
