@@ -3,8 +3,17 @@ projections, relay, worker, dlq."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
+
+# A background job of a non-interactive shell starts with SIGINT ignored, and Python keeps
+# it ignored: `kill -INT` of a worker started with `&` would be lost until its event loop
+# installs its own handler, or forever if it came earlier. From here on (before typer is
+# imported), SIGINT interrupts as in a terminal. A signal during the interpreter's start and
+# the ~80 ms import of the obelisk package is still lost: issue 19 closes that window.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import typer
 
