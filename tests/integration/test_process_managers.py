@@ -171,7 +171,10 @@ async def test_an_unpaid_hold_expires_at_its_deadline(urls: tuple[str, str]) -> 
             assert expired.recorded_at >= placed_at + Holds.expiry_seconds - 0.05
             # The expiry carries the conversation: correlated by hold, caused by the deadline.
             assert expired.correlation_id == "h1"
-            assert await scheduler.outcomes("h1") == [("expire", "sent")]
+            # The scheduler books the outcome after the command committed: wait for it.
+            async with asyncio.timeout(WAIT):
+                while await scheduler.outcomes("h1") != [("expire", "sent")]:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
         finally:
             runner.stop()
             scheduler.stop()
