@@ -63,5 +63,5 @@ def print_undecodable(found: Sequence[StoredEvent], json_output: bool) -> None:
     console.print(table)
     console.print(
         f"{len(rows)} undecodable event(s): deploy an upcaster for the bad shape, or the "
-        "missing event class (docs/event-store.md, 'Repairing an undecodable event')"
+        "missing event class (docs/event-store.md, 'Undecodable events')"
     )

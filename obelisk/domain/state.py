@@ -27,6 +27,7 @@ from obelisk.domain.values import (
     mismatch,
     value_at,
 )
+from obelisk.errors import ObeliskError
 
 __all__ = ["StateCodec", "StateError", "state_codec"]
 
@@ -34,7 +35,7 @@ _A = TypeVar("_A", bound=Aggregate)
 _BASE_FIELDS = frozenset({"id", "version"})
 
 
-class StateError(Exception):
+class StateError(ObeliskError):
     """The state could not be encoded or decoded (the message says which class and why)."""
 
 

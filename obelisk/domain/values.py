@@ -13,10 +13,14 @@ anything nested deeper than :data:`MAX_NESTING` first, with a :class:`Validation
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import re
 import reprlib
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
 from functools import cache
 from typing import Any, Final
 
@@ -131,19 +135,44 @@ def _unbounded(info: object, depth: int, path: set[int]) -> bool:
 
 def first_difference(written: object, read: object, path: str = "") -> str | None:
     """The path of the first value that differs between ``written`` and ``read`` (None when
-    they are equal, NaN counting as equal to NaN), e.g. ``.items[2].price``."""
+    they are the same value), e.g. ``.items[2].price``.
+
+    "The same" is what a reader would see: equal and of the same type, except that NaN
+    counts as equal to NaN, an int read back as the equal float is the same number, a str
+    or int read back as its enum member (StrEnum, IntEnum) is that member, an aware
+    datetime read back with another tzinfo is the same instant, and Decimals compare by
+    their exact value (``compare_total``: NaN and sNaN included). A list is not a tuple.
+    """
+    kind = type(written)
+    if kind is type(read) or isinstance(read, kind) or isinstance(written, type(read)):
+        try:
+            if written is read or (kind is type(read) and written == read):
+                return None
+        except Exception:  # an __eq__ that raises (sNaN): look closer below
+            pass
     if isinstance(written, float) and isinstance(read, float):
         if math.isnan(written) and math.isnan(read):
             return None
         return None if written == read else path or "."
+    if type(written) is int and type(read) is float:  # an int in a float field
+        return None if float(written) == read else path or "."
+    if isinstance(written, Decimal) and isinstance(read, Decimal):
+        return None if written.compare_total(read) == 0 else path or "."
+    if isinstance(written, datetime) and isinstance(read, datetime):
+        return None if _same_instant(written, read) else path or "."
+    if isinstance(written, Enum) or isinstance(read, Enum):
+        # A plain value given for an enum field reads back as its member (or the reverse).
+        related = isinstance(read, type(written)) or isinstance(written, type(read))
+        return None if related and written == read else path or "."
     if isinstance(written, msgspec.Struct):
         if type(read) is not type(written):
             return path or "."
-        for name in written.__struct_fields__:
-            found = first_difference(getattr(written, name), getattr(read, name), f"{path}.{name}")
-            if found is not None:
-                return found
-        return None
+        return _fields_differ(written, read, written.__struct_fields__, path)
+    if dataclasses.is_dataclass(written) and not isinstance(written, type):
+        if type(read) is not type(written):
+            return path or "."
+        names = tuple(f.name for f in dataclasses.fields(written))
+        return _fields_differ(written, read, names, path)
     if isinstance(written, list | tuple) and type(read) is type(written):
         assert isinstance(read, list | tuple)
         if len(written) != len(read):
@@ -161,28 +190,64 @@ def first_difference(written: object, read: object, path: str = "") -> str | Non
             if found is not None:
                 return found
         return None
+    if isinstance(written, set | frozenset) and type(read) is type(written):
+        # Unordered: equal already answered above; NaN members cannot be matched up.
+        return None if len(written) == len(read) and _nan_free_equal(written, read) else (
+            path or "."
+        )
+    return path or "."
+
+
+def _fields_differ(
+    written: object, read: object, names: tuple[str, ...], path: str
+) -> str | None:
+    for name in names:
+        found = first_difference(getattr(written, name), getattr(read, name), f"{path}.{name}")
+        if found is not None:
+            return found
+    return None
+
+
+def _same_instant(a: datetime, b: datetime) -> bool:
+    # Aware datetimes with different tzinfo compare unequal in the hour a clock repeats
+    # (PEP 495). The instant is what a reader gets back (JSON keeps the offset, MessagePack
+    # gives UTC; neither keeps the zone), so compare instants.
+    if (a.tzinfo is None) != (b.tzinfo is None):
+        return False
+    if a.tzinfo is None:
+        return a == b
+    return a.astimezone(UTC) == b.astimezone(UTC)
+
+
+def _nan_free_equal(a: set[object] | frozenset[object], b: set[object] | frozenset[object]) -> bool:
+    def key(value: object) -> object:
+        return "nan" if isinstance(value, float) and math.isnan(value) else value
+
     try:
-        same = bool(type(written) is type(read) and written == read)
-    except Exception:
-        same = False
-    return None if same else path or "."
+        return {key(v) for v in a} == {key(v) for v in b}
+    except TypeError:
+        return False
 
 
-_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+_PATH_STEP = re.compile(
+    r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]"
+)
 
 
 def value_at(root: object, path: str) -> object:
-    """The value at a msgspec error path (``$.items[2].price``) under ``root``, as far as it
-    can be followed (a path into a mapping's keys stops at the mapping)."""
+    """The value at a path (msgspec's ``$.items[2].price``, or :func:`first_difference`'s
+    ``.meta['at']``) under ``root``, as far as it can be followed."""
     value = root
     for match in _PATH_STEP.finditer(path):
-        name, index = match.groups()
+        name, index, key = match.groups()
         try:
             if name is not None:
                 value = value[name] if isinstance(value, dict) else getattr(value, name)
-            else:
+            elif index is not None:
                 value = value[int(index)]  # type: ignore[index]
-        except (AttributeError, IndexError, KeyError, TypeError):
+            else:
+                value = value[ast.literal_eval(key)]  # type: ignore[index]
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError, SyntaxError):
             break
     return value
 

@@ -41,15 +41,24 @@ def decode_envelopes(
             except Exception:
                 event = None  # decode() below raises CorruptEvent naming the row
         if event is None:
-            type_name, schema_version = split_type_key(key)
             try:
+                type_name, schema_version = _split(key, sid, ver, pos)
                 event = codec.decode(type_name, schema_version, data, sid, ver, pos)
             except (UnknownEventType, CorruptEvent) as exc:
                 if not keep_undecodable:
                     raise
+                type_name, _, rest = str(key).partition("\x1f")
+                schema_version = int(rest) if rest.isdigit() else 0
                 event = undecodable(type_name, schema_version, data, exc)
         append(StoredEvent(pos, sid, ver, event, eid, at, corr, caus, trace, stype))
     return out
+
+
+def _split(key: Any, stream_id: str, version: int, position: int) -> tuple[str, int]:
+    try:
+        return split_type_key(key)
+    except (ValueError, AttributeError):  # a key no store wrote: another writer's row
+        raise CorruptEvent(f"malformed type key {key!r}", stream_id, version, position) from None
 
 
 def decode_payloads(codec: EventCodec, rows: Sequence[Sequence[Any]]) -> list[Event]:

@@ -75,9 +75,9 @@ class EventCodec:
 
         msgspec checks types only when decoding, so a struct built in code with a float
         in an ``int`` field, or NaN in a ``float`` field under JSON, encodes without a
-        word and could then never be read. Decoding the bytes with the typed decoder the
-        store reads with, and comparing, is exact and cheap (0.15-0.4 us for a typical
-        event, measured in W1/W2/W6: docs/benchmarks.md).
+        word and could then never be read. Decoding the bytes with the class's typed
+        decoder (the one a reader of this schema version uses), and comparing, is exact and
+        cheap (0.15-0.4 us for a typical event, measured in W1/W2/W6: docs/benchmarks.md).
 
         Raises:
             ValidationError: naming the event class, the field and the value; nothing
@@ -86,7 +86,7 @@ class EventCodec:
         cls = type(event)
         checker = self._checkers.get(cls)
         if checker is None:
-            checker = self._checkers[cls] = (self._make_decoder(cls), may_nest_deeply(cls))
+            checker = self._checkers[cls] = self._checker(cls)
         decoder, deep = checker
         if deep:
             check_value_nesting(event, f"{cls.__qualname__}")
@@ -102,8 +102,13 @@ class EventCodec:
             back = decoder.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             raise _refusal(event, exc) from None
-        if back != event:
-            # Equal but for NaN (which equals nothing) is a faithful copy (MessagePack).
+        try:
+            same = back == event
+        except ArithmeticError:  # a Decimal sNaN refuses to be compared: look closer
+            same = False
+        if not same:
+            # Equal but for NaN (which equals nothing), an int in a float field, an instant
+            # with another tzinfo... is a faithful copy: first_difference knows which.
             path = first_difference(event, back)
             if path is not None:
                 written = value_at(event, path)
@@ -114,6 +119,15 @@ class EventCodec:
                     "; nothing was written"
                 )
         return data
+
+    def _checker(self, cls: type[Event]) -> tuple[_Decoder, bool]:
+        """The typed decoder of ``cls`` and whether its values can nest past the limit.
+
+        The check is against the writing class, not this codec's registry: rows carry the
+        writer's schema version, and a reader whose registry maps the name to a newer class
+        upcasts them (or, without the class, reports UnknownEventType), as for any row.
+        """
+        return self._make_decoder(cls), may_nest_deeply(cls)
 
     def decode(
         self,
@@ -153,7 +167,10 @@ class EventCodec:
         decoder = self.fast_decoders.get(type_key)
         if decoder is not None:
             return decoder
-        type_name, version = split_type_key(type_key)
+        try:
+            type_name, version = split_type_key(type_key)
+        except (ValueError, AttributeError):
+            return None  # a malformed key: the careful path names the row
         cls = self.registry.get(type_name)
         if cls is None or cls.schema_version != version:
             return None
@@ -246,9 +263,14 @@ def _non_finite_hint(value: object) -> str:
 
 
 def split_type_key(type_key: str) -> tuple[str, int]:
-    """The type name and schema version a type key stands for."""
+    """The type name and schema version a type key stands for; ValueError for a key no
+    store wrote (another writer's row)."""
     type_name, separator, version = type_key.partition(TYPE_KEY_SEPARATOR)
-    return type_name, int(version) if separator else 1
+    if not separator:
+        return type_name, 1
+    if not version.isdigit():
+        raise ValueError(f"malformed type key {type_key!r}")
+    return type_name, int(version)
 
 
 def codec_by_name(name: str, registry: EventRegistry | None = None) -> EventCodec:

@@ -48,7 +48,7 @@ def check_int64(name: str, value: object) -> int:
 
 def check_versions(from_version: object, to_version: object) -> None:
     """A stream read's bounds, checked like :func:`check_int64` (defaults cost one compare)."""
-    if from_version != 1:
+    if type(from_version) is not int or from_version != 1:
         check_int64("from_version", from_version)
     if to_version is not None:
         check_int64("to_version", to_version)

@@ -222,7 +222,7 @@ class MemoryEventStore(EventStore):
         check_position(after)
         wanted = None if types is None else frozenset(check_types(types))
         out: list[StoredEvent] = []
-        for row in self._log[after:]:
+        for row in self._log[max(after, 0) :]:  # a negative after reads from the start
             if len(out) >= limit:
                 break
             if wanted is None or row.encoded.type_name in wanted:

@@ -66,7 +66,7 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
             raise ValidationError(f"stream {stream_id!r} appears twice in one append")
         seen.add(stream_id)
         expected = request.expected_version
-        if type(expected) is not int or expected < ANY:
+        if type(expected) is not int or not ANY <= expected <= _INT64_MAX:
             raise ValidationError(
                 f"expected_version must be NO_STREAM, ANY or a version >= 1, got {shown(expected)}"
             )
@@ -126,6 +126,7 @@ def prepare_appends(requests: Sequence[AppendRequest], codec: EventCodec) -> lis
 
 
 MAX_METADATA_LENGTH: Final = 1024
+_INT64_MAX: Final = 2**63 - 1
 
 
 def _is_sequence(value: object) -> bool:

@@ -220,6 +220,8 @@ def test_hostile_arguments_raise_only_obelisk_errors_and_leave_every_row_readabl
         ("read_stream from_version", 2**70),
         ("append any field", nested(100_000)),
         ("append correlation_id", "a\x00b"),
+        ("append expected_version", 2**70),  # on PostgreSQL it failed its whole batch
+        ("read_stream from_version", 1.0),  # the memory store sliced with it
     ],
 )
 def test_each_reported_foreign_exception_is_now_a_validation_error(
@@ -227,3 +229,13 @@ def test_each_reported_foreign_exception_is_now_a_validation_error(
 ) -> None:
     with pytest.raises(ValidationError):
         opened.run(CALLS[name](opened.store, value))
+
+
+def test_a_negative_after_reads_from_the_start_on_every_store(opened: OpenStore) -> None:
+    async def both() -> tuple[int, int]:
+        everything = await opened.store.read_all(limit=10_000, keep_undecodable=True)
+        negative = await opened.store.read_all(after=-2, limit=10_000, keep_undecodable=True)
+        return len(everything), len(negative)
+
+    everything, negative = opened.run(both())
+    assert negative == everything

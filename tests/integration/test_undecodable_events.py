@@ -256,3 +256,21 @@ def test_obelisk_inspect_undecodable_lists_them_and_exits_1(tmp_path: Path) -> N
     table = CliRunner().invoke(cli_app, ["inspect", url, "--undecodable"])
     assert table.exit_code == 1
     assert "1 undecodable event(s)" in table.stdout
+
+
+async def test_a_malformed_type_key_from_another_writer_is_an_undecodable_event(
+    tmp_path: Path,
+) -> None:
+    backend = Backend("sqlite", tmp_path)
+    async with backend.event_store() as store:
+        await store.append("l-1", [LedgerOpened(owner="ann"), LedgerCredited(amount=1)])
+        with closing(sqlite3.connect(backend.events_path)) as conn, conn:
+            conn.execute("UPDATE obelisk_events SET schema_version = 'x' WHERE version = 2")
+        with pytest.raises(CorruptEvent, match="malformed type key"):
+            await store.read_all()
+        first, second = await store.read_all(keep_undecodable=True)
+        assert first.event == LedgerOpened(owner="ann")
+        assert isinstance(second.event, UndecodableEvent)
+        assert second.event.type_name == LedgerCredited.event_type
+        with pytest.raises(CorruptEvent):
+            await store.read_stream_events("l-1")
